@@ -1,0 +1,148 @@
+//! The contract between the eBPF programs and user space: map keys, map values,
+//! the layout of the attach cookie and the stop-the-world reason numbering.
+//!
+//! Everything here is `#[repr(C)]`, plain old data and `no_std`, because the same
+//! bytes are written by the kernel side and read by user space.
+#![no_std]
+
+/// Number of log2 buckets in a pause histogram: bucket `i` counts pauses of
+/// `[2^i, 2^(i+1))` nanoseconds, so 40 buckets reach about 18 minutes.
+pub const STW_BUCKETS: usize = 40;
+
+/// Maximum distinct (process, probe, caller, argument) tuples kept in the kernel.
+pub const MAX_CALL_KEYS: u32 = 16_384;
+/// Maximum distinct (process, reason) pause series kept in the kernel.
+pub const MAX_STW_KEYS: u32 = 4_096;
+/// Maximum processes with a pause in flight at once (one per process: STW is serialised).
+pub const MAX_OPEN_PAUSES: u32 = 8_192;
+
+/// The attach cookie is `probe id | (argument mode << 32)`.
+///
+/// The probe id indexes user space's table of attached probes (which function, which
+/// binary); the kernel only copies it into the key.
+pub const COOKIE_ARG_SHIFT: u32 = 32;
+
+/// Which argument register a call probe records, if any (Go ABIInternal, amd64).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgMode {
+    /// The call is only counted.
+    None = 0,
+    /// First integer argument (RAX), e.g. `GOMAXPROCS(n)`, `SetCPUProfileRate(hz)`.
+    Rax = 1,
+    /// Low byte of the fourth integer argument (DIL), e.g. the `all` flag of `runtime.Stack`.
+    Dil = 2,
+}
+
+impl ArgMode {
+    pub const fn from_u8(v: u8) -> ArgMode {
+        match v {
+            1 => ArgMode::Rax,
+            2 => ArgMode::Dil,
+            _ => ArgMode::None,
+        }
+    }
+}
+
+pub const fn cookie(probe_id: u32, mode: ArgMode) -> u64 {
+    (probe_id as u64) | ((mode as u64) << COOKIE_ARG_SHIFT)
+}
+
+/// How a stop-the-world start probe finds the reason (carried in the cookie's low bits).
+pub const STW_REASON_FROM_AL: u64 = 0;
+/// Go 1.19: the reason string was left by the `stopTheWorld` probe on this thread;
+/// none means the collector stopped the world directly.
+pub const STW_REASON_FROM_PENDING: u64 = 1;
+
+/// Set in [`StwKey::reason`] when the value is the address of a Go 1.19 reason string
+/// (in the target's address space) rather than a Go 1.21+ `stwReason` byte.
+pub const STW_REASON_STRING_FLAG: u64 = 1 << 63;
+
+/// Key of the per-CPU call counter map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallKey {
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Probe id from the attach cookie.
+    pub probe: u32,
+    /// Return address at entry: where in the target the call came from.
+    pub caller: u64,
+    /// The recorded argument (see [`ArgMode`]), 0 when none.
+    pub arg: u64,
+}
+
+/// Key of the per-CPU pause statistics map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StwKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Go 1.21+: the `stwReason` byte. Go 1.19: [`STW_REASON_STRING_FLAG`] | string address,
+    /// or the flag alone when the collector stopped the world without a reason.
+    pub reason: u64,
+}
+
+/// Aggregated pauses for one (process, reason).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StwStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub hist: [u64; STW_BUCKETS],
+}
+
+impl StwStats {
+    pub const ZERO: StwStats = StwStats {
+        count: 0,
+        total_ns: 0,
+        max_ns: 0,
+        hist: [0; STW_BUCKETS],
+    };
+}
+
+/// A pause in flight: started, not yet ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StwOpen {
+    pub start_ns: u64,
+    pub reason: u64,
+}
+
+/// Indices into the per-CPU error counter array.
+pub mod errors {
+    /// A call counter update failed (map full).
+    pub const CALL_MAP_FULL: u32 = 0;
+    /// A pause statistics update failed (map full).
+    pub const STW_MAP_FULL: u32 = 1;
+    /// A pause ended that had no recorded start (attached mid-pause).
+    pub const STW_END_WITHOUT_START: u32 = 2;
+    /// Reading the return address from the target's stack failed.
+    pub const READ_CALLER_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Log2 bucket of a duration in nanoseconds.
+#[inline(always)]
+pub fn log2_bucket(ns: u64) -> usize {
+    if ns == 0 {
+        return 0;
+    }
+    let b = 63 - ns.leading_zeros() as usize;
+    if b >= STW_BUCKETS {
+        STW_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) plain data without padding holes that matter to the kernel.
+    unsafe impl aya::Pod for CallKey {}
+    unsafe impl aya::Pod for StwKey {}
+    unsafe impl aya::Pod for StwStats {}
+    unsafe impl aya::Pod for StwOpen {}
+}

@@ -1,0 +1,178 @@
+//! Kernel side of detector: small uprobe programs that count and time, nothing more.
+//!
+//! - `count_call`: one per probed runtime function (after its stack-check prologue, so
+//!   a morestack re-entry is not counted twice). Counts by (process, probe, caller,
+//!   argument) in a per-CPU hash: no event stream, no per-call copy to user space.
+//! - `stw_reason`: Go 1.19 only, on `runtime.stopTheWorld(reason string)`: remembers the
+//!   reason string's address for the thread that is about to stop the world.
+//! - `stw_start`: on `runtime.stopTheWorldWithSema`: opens a pause for the process.
+//! - `stw_end`: on every RET of `runtime.startTheWorldWithSema`: closes it and adds its
+//!   duration to the per-(process, reason) statistics and log2 histogram.
+//!
+//! Decisions (what is misuse, what is noise) are user space's job.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::ProbeContext,
+    EbpfContext,
+};
+use detector_common::{
+    errors, log2_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
+    MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_STW_KEYS, STW_REASON_FROM_PENDING,
+    STW_REASON_STRING_FLAG,
+};
+
+#[map]
+static CALLS: PerCpuHashMap<CallKey, u64> = PerCpuHashMap::with_max_entries(MAX_CALL_KEYS, 0);
+
+#[map]
+static STW: PerCpuHashMap<StwKey, StwStats> = PerCpuHashMap::with_max_entries(MAX_STW_KEYS, 0);
+
+/// One pause in flight per process: stop-the-world is serialised by worldsema.
+#[map]
+static STW_OPEN: HashMap<u32, StwOpen> = HashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
+
+/// Go 1.19: thread id -> address of the reason string passed to stopTheWorld.
+#[map]
+static STW_PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
+
+#[map]
+static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
+
+#[inline(always)]
+fn count_error(index: u32) {
+    if let Some(p) = ERRORS.get_ptr_mut(index) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn tgid_tid() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+#[uprobe]
+pub fn count_call(ctx: ProbeContext) -> u32 {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let regs = unsafe { &*ctx.regs };
+    let arg = match ArgMode::from_u8((cookie >> COOKIE_ARG_SHIFT) as u8) {
+        ArgMode::None => 0,
+        ArgMode::Rax => regs.rax,
+        ArgMode::Dil => regs.rdi & 0xff,
+    };
+    // The probe sits before the frame is set up, so [RSP] is the return address.
+    let caller = match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+        Ok(ret) => ret,
+        Err(_) => {
+            count_error(errors::READ_CALLER_FAILED);
+            0
+        }
+    };
+    let key = CallKey {
+        tgid: tgid_tid().0,
+        probe: cookie as u32,
+        caller,
+        arg,
+    };
+    if let Some(n) = CALLS.get_ptr_mut(&key) {
+        unsafe { *n += 1 };
+    } else if CALLS.insert(&key, &1, BPF_NOEXIST as u64).is_err() {
+        // Lost a race with another insert on this CPU's slot, or the map is full.
+        match CALLS.get_ptr_mut(&key) {
+            Some(n) => unsafe { *n += 1 },
+            None => count_error(errors::CALL_MAP_FULL),
+        }
+    }
+    0
+}
+
+#[uprobe]
+pub fn stw_reason(ctx: ProbeContext) -> u32 {
+    let (_, tid) = tgid_tid();
+    let reason_ptr = unsafe { (*ctx.regs).rax };
+    let _ = STW_PENDING.insert(&tid, &reason_ptr, 0);
+    0
+}
+
+#[uprobe]
+pub fn stw_start(ctx: ProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (tgid, tid) = tgid_tid();
+    let mode = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let reason = if mode == STW_REASON_FROM_PENDING {
+        // No pending reason: the collector called stopTheWorldWithSema directly.
+        let ptr = match unsafe { STW_PENDING.get(&tid) } {
+            Some(p) => *p,
+            None => 0,
+        };
+        let _ = STW_PENDING.remove(&tid);
+        STW_REASON_STRING_FLAG | ptr
+    } else {
+        // Go 1.21+: stwReason is a uint8 in AL.
+        unsafe { (*ctx.regs).rax & 0xff }
+    };
+    let open = StwOpen {
+        start_ns: now,
+        reason,
+    };
+    let _ = STW_OPEN.insert(&tgid, &open, 0);
+    0
+}
+
+#[uprobe]
+pub fn stw_end(_ctx: ProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (tgid, _) = tgid_tid();
+    let open = match unsafe { STW_OPEN.get(&tgid) } {
+        Some(o) => *o,
+        None => {
+            count_error(errors::STW_END_WITHOUT_START);
+            return 0;
+        }
+    };
+    let _ = STW_OPEN.remove(&tgid);
+    let dur = now.saturating_sub(open.start_ns);
+    let key = StwKey {
+        tgid,
+        _pad: 0,
+        reason: open.reason,
+    };
+    let mut stats = STW.get_ptr_mut(&key);
+    if stats.is_none() {
+        let _ = STW.insert(&key, &StwStats::ZERO, BPF_NOEXIST as u64);
+        stats = STW.get_ptr_mut(&key);
+    }
+    match stats {
+        Some(s) => unsafe {
+            (*s).count += 1;
+            (*s).total_ns += dur;
+            if dur > (*s).max_ns {
+                (*s).max_ns = dur;
+            }
+            let b = log2_bucket(dur);
+            if let Some(slot) = (*s).hist.get_mut(b) {
+                *slot += 1;
+            }
+        },
+        None => count_error(errors::STW_MAP_FULL),
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

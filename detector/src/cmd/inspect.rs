@@ -1,0 +1,86 @@
+//! `detector inspect BINARY`: what can be probed, offline, without privileges.
+use std::path::Path;
+
+use super::Format;
+use crate::{
+    exit::Failure,
+    gobin::GoBinary,
+    probes::catalog::{self, Presence},
+    report::{render_inspection, FunctionReport, Inspection},
+};
+
+pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
+    let bin = GoBinary::open(path)?;
+    let info = bin.info().clone();
+    let version = info
+        .go_version
+        .ok_or_else(|| Failure::new(crate::exit::UNSUPPORTED_GO_VERSION, format!("cannot tell the Go version of {} (no build info; a development toolchain?)", path.display())))?;
+    let mut functions = Vec::new();
+    for row in catalog::runtime_functions(version) {
+        let base = FunctionReport {
+            id: row.id,
+            api: row.api,
+            symbol: None,
+            status: "inlined",
+            address: None,
+            file_offset: None,
+            probe_address: None,
+            probe_file_offset: None,
+            stack_check: None,
+            rets: None,
+            note: None,
+        };
+        let Presence::Symbol(sym) = row.presence else {
+            functions.push(FunctionReport {
+                note: Some("always inlined: not observable by a uprobe".into()),
+                ..base
+            });
+            continue;
+        };
+        let base = FunctionReport {
+            symbol: Some(sym),
+            ..base
+        };
+        let Some(f) = bin.func_by_name(sym) else {
+            functions.push(FunctionReport {
+                status: "missing",
+                note: Some("not linked in: the program does not use it".into()),
+                ..base
+            });
+            continue;
+        };
+        let report = match bin.probe_point(&f) {
+            Ok(p) => FunctionReport {
+                status: "found",
+                address: Some(f.entry),
+                file_offset: bin.file_offset(f.entry),
+                probe_address: Some(p.probe_vaddr),
+                probe_file_offset: Some(p.probe_file_offset),
+                stack_check: Some(p.stack_check),
+                rets: Some(p.rets.len()),
+                ..base
+            },
+            Err(e) => FunctionReport {
+                status: "found",
+                address: Some(f.entry),
+                file_offset: bin.file_offset(f.entry),
+                note: Some(format!("cannot be probed: {e}")),
+                ..base
+            },
+        };
+        functions.push(report);
+    }
+    let inspection = Inspection {
+        path: path.display().to_string(),
+        binary: info,
+        functions,
+    };
+    match format {
+        Format::Text => print!("{}", render_inspection(&inspection)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&inspection).map_err(|e| Failure::new(crate::exit::OTHER, e.to_string()))?
+        ),
+    }
+    Ok(crate::exit::NO_FINDINGS)
+}

@@ -1,0 +1,14 @@
+//! detector: finds misuse of the Go runtime in live processes.
+//!
+//! The pipeline, one module per stage: `target` (which process, which binary) →
+//! `gobin` (what is in a Go binary) → `probes` (which probe goes where, and attaching
+//! them) → `collect` (kernel maps into facts) → `rules` (facts into findings) →
+//! `report` (text and JSON). `cmd` wires them into the subcommands.
+pub mod cmd;
+pub mod collect;
+pub mod exit;
+pub mod gobin;
+pub mod probes;
+pub mod report;
+pub mod rules;
+pub mod target;

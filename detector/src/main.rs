@@ -1,0 +1,102 @@
+//! The `detector` command line.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use detector::{
+    cmd::{self, parse_duration, Format},
+    rules::Thresholds,
+};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  no findings            1  findings (diagnose)      2  bad command line
+  3  no such process        4  not a Go binary          5  not amd64 ELF, or corrupt
+  6  unsupported Go version 7  missing privileges       8  target exited mid-run
+  9  kernel refused probes  10 other error";
+
+#[derive(Parser)]
+#[command(
+    name = "detector",
+    version,
+    about = "Finds misuse of the Go runtime in live processes, with eBPF uprobes",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what can be probed in a Go binary (offline, no privileges needed).
+    Inspect {
+        /// The Go executable to analyse.
+        binary: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Watch a running Go process for a while and report misuse (needs CAP_BPF + CAP_PERFMON).
+    Diagnose {
+        /// The process to diagnose.
+        #[arg(long)]
+        pid: u32,
+        /// How long to watch: 10s, 500ms, 2m.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// ReadMemStats calls per second (from user code, sustained) that make a finding.
+        #[arg(long, default_value_t = Thresholds::default().readmemstats_per_second)]
+        readmemstats_min_rate: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Command::Inspect { binary, format } => cmd::inspect::run(&binary, format),
+        Command::Diagnose {
+            pid,
+            duration,
+            format,
+            readmemstats_min_rate,
+        } => cmd::diagnose::run(cmd::diagnose::Options {
+            pid,
+            duration,
+            format,
+            thresholds: Thresholds {
+                readmemstats_per_second: readmemstats_min_rate,
+                ..Thresholds::default()
+            },
+        }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => f.exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exit_codes_are_distinct() {
+        use detector::exit::*;
+        let mut codes = vec![
+            NO_FINDINGS,
+            FINDINGS,
+            USAGE,
+            NO_SUCH_PROCESS,
+            NOT_GO,
+            UNSUPPORTED_BINARY,
+            UNSUPPORTED_GO_VERSION,
+            NO_PRIVILEGES,
+            TARGET_EXITED,
+            BPF_FAILED,
+            OTHER,
+        ];
+        let n = codes.len();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+    }
+}

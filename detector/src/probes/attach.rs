@@ -1,0 +1,180 @@
+//! Loads the eBPF object and attaches a [`Plan`]'s probes with aya. Dropping
+//! [`Attached`] detaches every probe; if the agent dies, the kernel drops them with
+//! its file descriptors, so nothing outlives the process.
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use aya::{
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        UProbe,
+    },
+    Ebpf,
+};
+use detector_common::{errors, CallKey, StwKey, StwStats};
+
+use super::plan::{Plan, Program};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
+
+#[derive(thiserror::Error, Debug)]
+pub enum ProbeError {
+    #[error("missing privileges: {missing}; run as root or grant CAP_BPF and CAP_PERFMON (e.g. `sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep detector`)")]
+    Privileges { missing: String },
+    #[error("the kernel refused the eBPF programs: {0}; detector needs Linux 5.15+ with uprobe and BPF cookie support")]
+    Load(String),
+    #[error("no probe could be attached to {target}: {first_error}; check that the kernel supports uprobes (/sys/bus/event_source/devices/uprobe)")]
+    NothingAttached { target: String, first_error: String },
+}
+
+/// Linux capability numbers (include/uapi/linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Checks the effective capabilities needed to load BPF and create uprobes.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    Err(ProbeError::Privileges {
+        missing: missing.join(" and "),
+    })
+}
+
+/// Loaded programs and their live attachments.
+pub struct Attached {
+    ebpf: Ebpf,
+    /// Probes attached, by program.
+    pub attached: usize,
+    /// Probes that failed to attach: (symbol, error).
+    pub failures: Vec<(String, String)>,
+}
+
+/// What the kernel side has counted so far (cumulative since attach).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub calls: HashMap<CallKey, u64>,
+    pub stw: HashMap<StwKey, StwStats>,
+    pub errors: [u64; errors::COUNT as usize],
+}
+
+/// Loads the object, then attaches every planned probe to `target` (a path the kernel
+/// can open: `/proc/PID/exe` reaches binaries inside containers and deleted ones),
+/// for process `pid` only, or for every process running the file when `pid` is None.
+pub fn attach(plan: &Plan, target: &Path, pid: Option<u32>) -> Result<Attached, ProbeError> {
+    raise_memlock();
+    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(format!("{e:#}")))?;
+    for p in [
+        Program::CountCall,
+        Program::StwReason,
+        Program::StwStart,
+        Program::StwEnd,
+    ] {
+        let prog: &mut UProbe = ebpf
+            .program_mut(p.name())
+            .ok_or_else(|| ProbeError::Load(format!("program {} missing", p.name())))?
+            .try_into()
+            .map_err(|e| ProbeError::Load(format!("{e:#}")))?;
+        prog.load()
+            .map_err(|e| ProbeError::Load(format!("{}: {e:#}", p.name())))?;
+    }
+    let scope = match pid.and_then(NonZeroU32::new) {
+        Some(pid) => UProbeScope::OneProcess(pid),
+        None => UProbeScope::AllProcesses,
+    };
+    let mut attached = 0;
+    let mut failures = Vec::new();
+    for probe in &plan.probes {
+        let prog: &mut UProbe = ebpf
+            .program_mut(probe.program.name())
+            .expect("loaded above")
+            .try_into()
+            .expect("a uprobe program");
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            cookie: Some(probe.cookie),
+        };
+        match prog.attach(point, target, scope) {
+            Ok(_) => attached += 1,
+            Err(e) => failures.push((probe.symbol.to_string(), format!("{e:#}"))),
+        }
+    }
+    if attached == 0 && !plan.probes.is_empty() {
+        return Err(ProbeError::NothingAttached {
+            target: target.display().to_string(),
+            first_error: failures.first().map(|f| f.1.clone()).unwrap_or_default(),
+        });
+    }
+    Ok(Attached {
+        ebpf,
+        attached,
+        failures,
+    })
+}
+
+/// RLIMIT_MEMLOCK only matters on kernels that charge BPF memory to it (before 5.11);
+/// newer ones account by cgroup, so failing to raise it is not an error.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels with cgroup BPF accounting");
+    }
+}
+
+impl Attached {
+    /// Reads every map, summing the per-CPU slots.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        if let Some(m) = self.ebpf.map("CALLS") {
+            if let Ok(calls) = PerCpuHashMap::<&MapData, CallKey, u64>::try_from(m) {
+                for (k, v) in calls.iter().flatten() {
+                    snap.calls.insert(k, v.iter().sum());
+                }
+            }
+        }
+        if let Some(m) = self.ebpf.map("STW") {
+            if let Ok(stw) = PerCpuHashMap::<&MapData, StwKey, StwStats>::try_from(m) {
+                for (k, per_cpu) in stw.iter().flatten() {
+                    let mut total = StwStats::ZERO;
+                    for s in per_cpu.iter() {
+                        total.count += s.count;
+                        total.total_ns += s.total_ns;
+                        total.max_ns = total.max_ns.max(s.max_ns);
+                        for (t, h) in total.hist.iter_mut().zip(s.hist.iter()) {
+                            *t += h;
+                        }
+                    }
+                    snap.stw.insert(k, total);
+                }
+            }
+        }
+        if let Some(m) = self.ebpf.map("ERRORS") {
+            if let Ok(errs) = PerCpuArray::<&MapData, u64>::try_from(m) {
+                for (i, slot) in snap.errors.iter_mut().enumerate() {
+                    if let Ok(v) = errs.get(&(i as u32), 0) {
+                        *slot = v.iter().sum();
+                    }
+                }
+            }
+        }
+        snap
+    }
+}

@@ -1,0 +1,215 @@
+//! The probe plan for one binary: for each runtime function, which eBPF program,
+//! at which file offset, with which cookie. Pure: computed from the binary alone.
+use detector_common::{cookie, ArgMode, STW_REASON_FROM_AL, STW_REASON_FROM_PENDING};
+use serde::Serialize;
+
+use super::catalog::{self, Presence, RuntimeFunc};
+use crate::gobin::{GoBinary, GoVersion};
+
+/// The eBPF program a probe runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Program {
+    CountCall,
+    StwReason,
+    StwStart,
+    StwEnd,
+}
+
+impl Program {
+    /// The program's name in the eBPF object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::CountCall => "count_call",
+            Program::StwReason => "stw_reason",
+            Program::StwStart => "stw_start",
+            Program::StwEnd => "stw_end",
+        }
+    }
+}
+
+/// Counted calls: these APIs are rare in healthy code, so probing them costs the
+/// target almost nothing. Caller, Callers, FuncForPC and SetFinalizer can run 100k
+/// times a second in healthy services; they wait for the overhead budget (issue 5).
+const CALL_PROBES: &[(&str, ArgMode)] = &[
+    ("readmemstats", ArgMode::None),
+    ("gc", ArgMode::None),
+    ("gomaxprocs", ArgMode::Rax),
+    ("freeosmemory", ArgMode::None),
+    ("setcpuprofilerate", ArgMode::Rax),
+    ("startcpuprofile", ArgMode::None),
+    ("stopcpuprofile", ArgMode::None),
+    ("stack", ArgMode::Dil),
+    ("setblockprofilerate", ArgMode::Rax),
+    ("starttrace", ArgMode::None),
+    ("tracestart", ArgMode::None),
+    ("tracestop", ArgMode::None),
+    ("setgcpercent", ArgMode::Rax),
+    ("setmemorylimit", ArgMode::Rax),
+    ("goroutineprofile", ArgMode::None),
+];
+
+/// One uprobe to attach.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedProbe {
+    /// Catalog id of the function.
+    pub func: &'static str,
+    pub symbol: &'static str,
+    pub program: Program,
+    /// Virtual address of the probed instruction (in the file's layout).
+    pub vaddr: u64,
+    pub file_offset: u64,
+    pub cookie: u64,
+}
+
+/// A call probe's identity, indexed by the probe id in the cookie.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallProbe {
+    pub func: &'static str,
+    pub api: &'static str,
+    pub symbol: &'static str,
+    pub arg: &'static str,
+}
+
+/// A catalog function that will not be probed, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub func: &'static str,
+    pub symbol: Option<&'static str>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Plan {
+    pub probes: Vec<PlannedProbe>,
+    /// Index = probe id carried in the cookie of `count_call` probes.
+    pub call_probes: Vec<CallProbe>,
+    pub skipped: Vec<Skipped>,
+    /// False when stop-the-world cannot be measured (a symbol is missing).
+    pub stw: bool,
+}
+
+fn arg_name(mode: ArgMode) -> &'static str {
+    match mode {
+        ArgMode::None => "",
+        ArgMode::Rax => "first argument",
+        ArgMode::Dil => "all",
+    }
+}
+
+/// Plans every probe for `bin` (Go version `v`).
+pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
+    let mut plan = Plan::default();
+    let funcs = catalog::runtime_functions(v);
+    let find = |id: &str| funcs.iter().find(|f| f.id == id).copied();
+
+    for &(id, mode) in CALL_PROBES {
+        let Some(row) = find(id) else { continue };
+        let Some((symbol, point)) = locate(bin, &row, &mut plan.skipped) else {
+            continue;
+        };
+        let probe_id = plan.call_probes.len() as u32;
+        plan.call_probes.push(CallProbe {
+            func: row.id,
+            api: row.api,
+            symbol,
+            arg: arg_name(mode),
+        });
+        plan.probes.push(PlannedProbe {
+            func: row.id,
+            symbol,
+            program: Program::CountCall,
+            vaddr: point.probe_vaddr,
+            file_offset: point.probe_file_offset,
+            cookie: cookie(probe_id, mode),
+        });
+    }
+
+    // Stop-the-world: a pause opens at stopTheWorldWithSema and closes at each RET of
+    // startTheWorldWithSema. Go 1.19/1.20 pass the reason as a string to stopTheWorld.
+    let string_reasons = !v.at_least(1, 21);
+    let mut stw = Vec::new();
+    let start = find("stw_start").and_then(|r| locate(bin, &r, &mut plan.skipped));
+    let end = find("stw_end").and_then(|r| locate(bin, &r, &mut plan.skipped));
+    if let (Some((start_sym, start_pt)), Some((end_sym, end_pt))) = (start, end) {
+        if !end_pt.rets.is_empty() {
+            stw.push(PlannedProbe {
+                func: "stw_start",
+                symbol: start_sym,
+                program: Program::StwStart,
+                vaddr: start_pt.probe_vaddr,
+                file_offset: start_pt.probe_file_offset,
+                cookie: if string_reasons {
+                    STW_REASON_FROM_PENDING
+                } else {
+                    STW_REASON_FROM_AL
+                },
+            });
+            for (vaddr, off) in end_pt.rets.iter().zip(&end_pt.ret_file_offsets) {
+                stw.push(PlannedProbe {
+                    func: "stw_end",
+                    symbol: end_sym,
+                    program: Program::StwEnd,
+                    vaddr: *vaddr,
+                    file_offset: *off,
+                    cookie: 0,
+                });
+            }
+        }
+    }
+    if string_reasons && !stw.is_empty() {
+        match find("stw_request").and_then(|r| locate(bin, &r, &mut plan.skipped)) {
+            Some((sym, pt)) => stw.push(PlannedProbe {
+                func: "stw_request",
+                symbol: sym,
+                program: Program::StwReason,
+                vaddr: pt.probe_vaddr,
+                file_offset: pt.probe_file_offset,
+                cookie: 0,
+            }),
+            // Pauses are still measured; they are just all "without a reason".
+            None => {}
+        }
+    }
+    plan.stw = !stw.is_empty();
+    plan.probes.extend(stw);
+    plan
+}
+
+/// Finds a catalog function's probe point, or records why it is skipped.
+fn locate(
+    bin: &GoBinary,
+    row: &RuntimeFunc,
+    skipped: &mut Vec<Skipped>,
+) -> Option<(&'static str, crate::gobin::ProbePoint)> {
+    let symbol = match row.presence {
+        Presence::Symbol(s) => s,
+        Presence::Inlined => {
+            skipped.push(Skipped {
+                func: row.id,
+                symbol: None,
+                reason: "always inlined by the compiler".into(),
+            });
+            return None;
+        }
+    };
+    let Some(f) = bin.func_by_name(symbol) else {
+        skipped.push(Skipped {
+            func: row.id,
+            symbol: Some(symbol),
+            reason: "not in this binary (the program does not use it)".into(),
+        });
+        return None;
+    };
+    match bin.probe_point(&f) {
+        Ok(p) => Some((symbol, p)),
+        Err(e) => {
+            skipped.push(Skipped {
+                func: row.id,
+                symbol: Some(symbol),
+                reason: e.to_string(),
+            });
+            None
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Reports: one schema ([`Diagnosis`], [`Inspection`]) rendered as text or JSON.
+mod text;
+
+use serde::Serialize;
+
+use crate::{collect::Collected, gobin::BinaryInfo, probes::plan::Skipped, rules::Finding};
+pub use text::{render_diagnosis, render_inspection};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    pub stripped: bool,
+    pub pie: bool,
+    pub cgo: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeInfo {
+    pub attached: usize,
+    pub failed: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// What `diagnose` found: findings first, then the evidence.
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnosis {
+    pub detector_version: &'static str,
+    pub target: TargetInfo,
+    pub probes: ProbeInfo,
+    pub findings: Vec<Finding>,
+    pub collected: Collected,
+}
+
+/// One runtime function as found in a binary by `inspect`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionReport {
+    pub id: &'static str,
+    pub api: &'static str,
+    pub symbol: Option<&'static str>,
+    /// "found", "missing" or "inlined".
+    pub status: &'static str,
+    pub address: Option<u64>,
+    pub file_offset: Option<u64>,
+    pub probe_address: Option<u64>,
+    pub probe_file_offset: Option<u64>,
+    pub stack_check: Option<bool>,
+    pub rets: Option<usize>,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub binary: BinaryInfo,
+    pub functions: Vec<FunctionReport>,
+}

@@ -1,0 +1,191 @@
+//! The human-readable rendering: findings first, then the evidence tables.
+use std::fmt::Write;
+
+use super::{Diagnosis, Inspection};
+use crate::rules::{fmt_ns, fmt_pct};
+
+pub fn render_diagnosis(d: &Diagnosis) -> String {
+    let mut o = String::new();
+    let t = &d.target;
+    let c = &d.collected;
+    let mut kind = vec![];
+    if t.stripped {
+        kind.push("stripped");
+    }
+    if t.pie {
+        kind.push("PIE");
+    }
+    if t.cgo {
+        kind.push("cgo");
+    }
+    let _ = writeln!(o, "detector diagnose: pid {} {}", t.pid, t.exe);
+    let _ = writeln!(
+        o,
+        "  {}{}{}, watched {:.1} s, {} probes attached",
+        t.go_version,
+        if kind.is_empty() { "" } else { ", " },
+        kind.join(", "),
+        c.duration_s,
+        d.probes.attached
+    );
+    for (sym, err) in &d.probes.failed {
+        let _ = writeln!(o, "  warning: probe on {sym} not attached: {err}");
+    }
+    let _ = writeln!(o);
+
+    if d.findings.is_empty() {
+        let _ = writeln!(o, "FINDINGS: none");
+    } else {
+        let _ = writeln!(o, "FINDINGS ({})", d.findings.len());
+    }
+    for f in &d.findings {
+        let _ = writeln!(o, "  [{}] {}: {}", f.severity.label(), f.rule, f.title);
+        let _ = writeln!(o, "      {}", f.summary);
+        if let Some(s) = &f.call_site {
+            let _ = writeln!(o, "      call site: {} ({}:{})", s.function, s.file, s.line);
+        }
+        for e in &f.evidence {
+            let _ = writeln!(o, "      - {e}");
+        }
+        let _ = writeln!(o, "      cost: {}", f.cost);
+        let _ = writeln!(o, "      fix:  {}", f.fix);
+        let _ = writeln!(o, "      fine when: {}", f.fine_when);
+    }
+    let _ = writeln!(o);
+
+    let _ = writeln!(o, "CALLS");
+    let called: Vec<_> = c.calls.iter().filter(|s| s.calls > 0).collect();
+    if called.is_empty() {
+        let _ = writeln!(o, "  no probed runtime function was called");
+    }
+    for s in called {
+        let _ = writeln!(
+            o,
+            "  {:<32} {:>9} calls {:>10.1}/s",
+            s.api, s.calls, s.per_second
+        );
+        for site in s.sites.iter().take(3) {
+            let _ = writeln!(
+                o,
+                "      {:>9}  {} ({}:{})",
+                site.calls, site.function, site.file, site.line
+            );
+        }
+        if !s.args.is_empty() {
+            let args: Vec<String> = s
+                .args
+                .iter()
+                .map(|a| format!("{}={} ×{}", s_arg_name(&s.func), a.value, a.calls))
+                .collect();
+            let _ = writeln!(o, "      arguments: {}", args.join(", "));
+        }
+    }
+    let _ = writeln!(o);
+
+    if !c.stw_measured {
+        let _ = writeln!(o, "STOP-THE-WORLD: not measured (runtime symbols missing)");
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "STOP-THE-WORLD: {} pauses ({:.1}/s), {} stopped, {} of wall time",
+        c.pauses_total,
+        c.pauses_total as f64 / c.duration_s,
+        fmt_ns(c.stopped_ns),
+        fmt_pct(c.stopped_share)
+    );
+    if !c.pauses.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:<30} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            "reason", "pauses", "/s", "total", "p50", "p99", "max", "share"
+        );
+    }
+    for p in &c.pauses {
+        let _ = writeln!(
+            o,
+            "  {:<30} {:>8} {:>8.1} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            p.reason.name,
+            p.pauses,
+            p.per_second,
+            fmt_ns(p.total_ns),
+            fmt_ns(p.p50_ns),
+            fmt_ns(p.p99_ns),
+            fmt_ns(p.max_ns),
+            fmt_pct(p.stw_share)
+        );
+    }
+    o
+}
+
+fn s_arg_name(func: &str) -> &'static str {
+    match func {
+        "gomaxprocs" => "n",
+        "setcpuprofilerate" => "hz",
+        "setblockprofilerate" => "rate",
+        "stack" => "all",
+        "setgcpercent" => "percent",
+        "setmemorylimit" => "limit",
+        _ => "arg",
+    }
+}
+
+pub fn render_inspection(i: &Inspection) -> String {
+    let mut o = String::new();
+    let b = &i.binary;
+    let _ = writeln!(o, "{}", i.path);
+    let _ = writeln!(
+        o,
+        "  Go {}  stripped: {}  PIE: {}  cgo: {}  functions: {}",
+        if b.go_version_string.is_empty() {
+            "(unknown)"
+        } else {
+            &b.go_version_string
+        },
+        yes(b.stripped),
+        yes(b.pie),
+        yes(b.cgo),
+        b.function_count
+    );
+    if let Some(m) = &b.main_module {
+        let _ = writeln!(o, "  main module: {m}");
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "  {:<30} {:<8} {:>12} {:>12} {:>12} {}",
+        "API", "status", "address", "file offset", "probe at", "notes"
+    );
+    for f in &i.functions {
+        let hex = |v: Option<u64>| v.map(|v| format!("{v:#x}")).unwrap_or_else(|| "-".into());
+        let mut notes = vec![];
+        if let Some(s) = f.symbol {
+            notes.push(s.to_string());
+        }
+        if f.stack_check == Some(false) {
+            notes.push("no stack check".into());
+        }
+        if let Some(n) = &f.note {
+            notes.push(n.clone());
+        }
+        let _ = writeln!(
+            o,
+            "  {:<30} {:<8} {:>12} {:>12} {:>12} {}",
+            f.api,
+            f.status,
+            hex(f.address),
+            hex(f.file_offset),
+            hex(f.probe_address),
+            notes.join("; ")
+        );
+    }
+    o
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}

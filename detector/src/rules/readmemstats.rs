@@ -1,0 +1,82 @@
+//! Catalog case 1: runtime.ReadMemStats on a hot path.
+//!
+//! Every call stops the world (reason "read mem stats"). Once per scrape interval is
+//! harmless; per request or in a loop, the pauses land in every request's latency.
+use super::{active_fraction, fmt_ns, fmt_pct, Finding, Rule, Severity, Thresholds};
+use crate::collect::{stw::READ_MEM_STATS, Collected};
+
+pub const RULE: Rule = Rule {
+    id: "readmemstats-hot-path",
+    catalog_case: 1,
+    observes: "calls to runtime.ReadMemStats by call site, and the pauses with reason \"read mem stats\"",
+    judge,
+};
+
+fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
+    let Some(calls) = c.calls.iter().find(|s| s.func == "readmemstats") else {
+        return vec![];
+    };
+    let user_calls: u64 = calls.sites.iter().filter(|s| s.user_code).map(|s| s.calls).sum();
+    let rate = user_calls as f64 / c.duration_s;
+    let sustained = active_fraction(&calls.per_tick);
+    if rate < t.readmemstats_per_second || sustained < t.sustained_fraction {
+        return vec![];
+    }
+    let site = calls.sites.iter().find(|s| s.user_code).cloned();
+    let pause = c
+        .pauses
+        .iter()
+        .find(|p| p.reason.code == Some(READ_MEM_STATS));
+    let (wall, stw_share, p99, count, total) = pause
+        .map(|p| (p.wall_share, p.stw_share, p.p99_ns, p.pauses, p.total_ns))
+        .unwrap_or_default();
+    let severity = if wall >= 0.005 || p99 >= 1_000_000 {
+        Severity::High
+    } else if rate >= 10.0 * t.readmemstats_per_second {
+        Severity::Medium
+    } else {
+        Severity::Low
+    };
+    let from = site
+        .as_ref()
+        .map(|s| format!(" from {}", s.function))
+        .unwrap_or_default();
+    let mut evidence = vec![format!(
+        "{user_calls} calls from user code in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
+        c.duration_s,
+        sustained * 100.0
+    )];
+    for s in calls.sites.iter().take(5) {
+        evidence.push(format!(
+            "{} calls from {} ({}:{}){}",
+            s.calls,
+            s.function,
+            s.file,
+            s.line,
+            if s.user_code { "" } else { " [standard library, ignored]" }
+        ));
+    }
+    if c.stw_measured {
+        evidence.push(format!(
+            "{count} \"read mem stats\" pauses, {} stopped in total, p99 {}",
+            fmt_ns(total),
+            fmt_ns(p99)
+        ));
+    }
+    vec![Finding {
+        rule: RULE.id,
+        severity,
+        title: "runtime.ReadMemStats on a hot path".into(),
+        summary: format!(
+            "ReadMemStats {rate:.0}/s{from} stops the world {}: {} of wall time, {} of this process's stop-the-world time",
+            if count > 0 { format!("{:.0} times/s", count as f64 / c.duration_s) } else { "on every call".into() },
+            fmt_pct(wall),
+            fmt_pct(stw_share),
+        ),
+        call_site: site,
+        evidence,
+        cost: "each call pauses every goroutine while the runtime gathers heap statistics; the pause grows with GOMAXPROCS and the heap and is added to the latency of every request in flight".into(),
+        fix: "read the values you need from runtime/metrics (no stop-the-world), at most once per scrape interval from one background goroutine, and hand requests that cached snapshot".into(),
+        fine_when: "one-shot tools and tests, rare admin or debug dumps, and a metrics exporter that reads once per scrape".into(),
+    }]
+}

@@ -1,0 +1,123 @@
+//! The process under diagnosis: its executable (through `/proc/PID/exe`, which also
+//! reaches binaries inside containers and deleted ones) and where it is loaded.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use crate::gobin::{AnalysisError, GoBinary};
+
+#[derive(thiserror::Error, Debug)]
+pub enum TargetError {
+    #[error("no process with pid {0}; check the pid (`pgrep -a NAME`) and that it is still running")]
+    NoSuchProcess(u32),
+    #[error("cannot read /proc/{pid}/exe: {source}; run detector as root (or with CAP_SYS_PTRACE) to inspect other users' processes")]
+    Exe {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process {pid} ({exe}): {source}")]
+    Analysis {
+        pid: u32,
+        exe: String,
+        #[source]
+        source: AnalysisError,
+    },
+}
+
+pub struct Target {
+    pub pid: u32,
+    /// The executable's path as the process sees it (display only).
+    pub exe_display: String,
+    /// Path the kernel and we open: `/proc/PID/exe`.
+    pub exe_path: PathBuf,
+    pub binary: GoBinary,
+    /// Runtime address minus file virtual address (non-zero for PIE).
+    pub load_bias: u64,
+}
+
+impl Target {
+    pub fn open(pid: u32) -> Result<Target, TargetError> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(TargetError::NoSuchProcess(pid));
+        }
+        let exe_path = proc_dir.join("exe");
+        let exe_display = fs::read_link(&exe_path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => TargetError::NoSuchProcess(pid),
+                _ => TargetError::Exe { pid, source },
+            })?
+            .display()
+            .to_string();
+        let binary = GoBinary::open(&exe_path).map_err(|source| TargetError::Analysis {
+            pid,
+            exe: exe_display.clone(),
+            source,
+        })?;
+        let load_bias = if binary.info().pie {
+            load_bias(pid, &exe_path).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(Target {
+            pid,
+            exe_display,
+            exe_path,
+            binary,
+            load_bias,
+        })
+    }
+
+    pub fn alive(&self) -> bool {
+        is_alive(self.pid)
+    }
+
+    /// File virtual address of a runtime address in the target.
+    pub fn to_file_vaddr(&self, runtime_addr: u64) -> u64 {
+        runtime_addr.wrapping_sub(self.load_bias)
+    }
+}
+
+/// True while the process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: "pid (comm) S ...".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// PIE load bias: the start of the executable's mapping at file offset 0 minus the
+/// lowest PT_LOAD address of the file.
+fn load_bias(pid: u32, exe: &Path) -> Option<u64> {
+    use object::{Object, ObjectSegment};
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(exe).ok()?.ino()
+    };
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let start = maps.lines().find_map(|line| {
+        // start-end perms offset dev inode path
+        let mut f = line.split_whitespace();
+        let range = f.next()?;
+        let _perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let _dev = f.next()?;
+        let inode: u64 = f.next()?.parse().ok()?;
+        if inode != ino || offset != 0 {
+            return None;
+        }
+        u64::from_str_radix(range.split('-').next()?, 16).ok()
+    })?;
+    let f = fs::File::open(exe).ok()?;
+    // SAFETY: read-only map of an executable; we only read program headers.
+    let data = unsafe { memmap2::Mmap::map(&f) }.ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let lowest = file.segments().map(|s| s.address()).min()?;
+    Some(start.wrapping_sub(lowest & !0xfff))
+}

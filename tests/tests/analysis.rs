@@ -1,0 +1,449 @@
+//! Binary analysis (`detector::gobin`) against real Go binaries: every Go version and
+//! build kind of the `allapis` fixture, checked against `go tool nm`.
+//!
+//! Fixtures come from `cargo xtask fixtures` (root `target/fixtures`, or
+//! `$DETECTOR_FIXTURES`): `go<version>/<kind>/allapis` plus `allapis.nm` next to the
+//! default, pie and cgo builds. Missing fixtures fail the tests; they are never skipped.
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use detector::gobin::{AnalysisError, GoBinary, GoVersion, ProbePoint};
+
+const KINDS: [&str; 4] = ["default", "stripped", "pie", "cgo"];
+/// Go minor releases the fixtures must cover.
+const MINORS: [u32; 8] = [19, 21, 22, 23, 24, 25, 26, 27];
+const FIXTURE: &str = "allapis";
+const MISSING: &str = "fixtures missing: run `cargo xtask fixtures`";
+
+fn fixtures_root() -> PathBuf {
+    match std::env::var_os("DETECTOR_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"),
+    }
+}
+
+/// `(version, directory)` of every `go<version>` fixture directory, failing when the
+/// fixtures are missing or incomplete.
+fn versions() -> Vec<(GoVersion, String, PathBuf)> {
+    let root = fixtures_root();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let entries = fs::read_dir(&root).unwrap_or_else(|e| {
+        panic!("{MISSING} ({}: {e}; CI={ci})", root.display());
+    });
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(v) = GoVersion::parse(&name) else {
+            continue;
+        };
+        for kind in KINDS {
+            let bin = e.path().join(kind).join(FIXTURE);
+            assert!(bin.is_file(), "{MISSING} ({} is missing)", bin.display());
+        }
+        out.push((v, name, e.path()));
+    }
+    out.sort_by_key(|(v, _, _)| *v);
+    let missing: Vec<_> = MINORS
+        .iter()
+        .filter(|m| !out.iter().any(|(v, _, _)| v.major == 1 && v.minor == **m))
+        .map(|m| format!("go1.{m}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{MISSING} (no fixtures for {} under {})",
+        missing.join(", "),
+        root.display()
+    );
+    out
+}
+
+/// Text symbols of a `go tool nm` listing: name → addresses.
+fn read_nm(path: &Path) -> HashMap<String, Vec<u64>> {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("{MISSING} ({}: {e})", path.display()));
+    let mut map: HashMap<String, Vec<u64>> = HashMap::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(addr), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if kind != "T" && kind != "t" {
+            continue;
+        }
+        let name = parts.collect::<Vec<_>>().join(" ");
+        if let Ok(a) = u64::from_str_radix(addr, 16) {
+            map.entry(name).or_default().push(a);
+        }
+    }
+    map
+}
+
+/// The `Presence::Symbol` rows of `detector::probes::catalog::runtime_functions` for
+/// `v` (copied until the catalog is public), plus the stop-the-world functions.
+/// The bool is the catalog's `nosplit` flag.
+fn catalog_symbols(v: GoVersion) -> Vec<(&'static str, bool)> {
+    let mut rows = vec![
+        ("runtime.ReadMemStats", false),
+        ("runtime.GC", false),
+        ("runtime.GOMAXPROCS", false),
+        ("runtime/debug.freeOSMemory", false),
+        ("runtime.SetCPUProfileRate", false),
+        ("runtime/pprof.StartCPUProfile", false),
+        ("runtime/pprof.StopCPUProfile", false),
+        ("runtime.Stack", false),
+        ("runtime.SetBlockProfileRate", false),
+        ("runtime.SetFinalizer", false),
+        ("runtime.LockOSThread", true),
+        ("runtime.StartTrace", false),
+        ("runtime.Caller", false),
+        ("runtime.callers", false),
+        ("runtime.FuncForPC", false),
+        ("runtime/debug.setGCPercent", false),
+        ("runtime/debug.setMemoryLimit", false),
+        ("runtime.stopTheWorldWithSema", false),
+        ("runtime.startTheWorldWithSema", false),
+        ("runtime.stopTheWorld", false),
+    ];
+    if v.at_least(1, 25) {
+        rows.push((
+            "runtime/trace.(*traceMultiplexer).subscribeTraceStartWriter",
+            false,
+        ));
+        rows.push((
+            "runtime/trace.(*traceMultiplexer).unsubscribeTraceStartWriter",
+            false,
+        ));
+    } else {
+        rows.push(("runtime/trace.Start", false));
+        rows.push(("runtime/trace.Stop", false));
+    }
+    if v.at_least(1, 23) {
+        rows.push(("runtime.pprof_goroutineProfileWithLabels", false));
+    } else {
+        rows.push(("runtime/pprof.runtime_goroutineProfileWithLabels", false));
+    }
+    rows
+}
+
+/// The file bytes before the probe point are the prologue's conditional jump.
+fn assert_jump_precedes(file: &[u8], p: &ProbePoint, what: &str) {
+    let off = p.probe_file_offset as usize;
+    let short = off >= 2 && matches!(file[off - 2], 0x70..=0x7f);
+    let near = off >= 6 && file[off - 6] == 0x0f && matches!(file[off - 5], 0x80..=0x8f);
+    assert!(short || near, "{what}: no Jcc before file offset {off:#x}");
+}
+
+fn check_fixture(version: GoVersion, dir_name: &str, dir: &Path, kind: &str) -> usize {
+    let path = dir.join(kind).join(FIXTURE);
+    let what = format!("{dir_name}/{kind}");
+    let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let file = fs::read(&path).unwrap();
+    let info = bin.info();
+
+    assert_eq!(info.go_version_string, dir_name, "{what}: version string");
+    assert_eq!(info.go_version, Some(version), "{what}");
+    assert_eq!(info.stripped, kind == "stripped", "{what}: stripped");
+    assert_eq!(info.pie, kind == "pie", "{what}: pie");
+    if kind != "pie" {
+        assert_eq!(info.cgo, kind == "cgo", "{what}: cgo");
+    }
+    assert_eq!(info.external_link, kind == "cgo", "{what}: external_link");
+    assert_eq!(info.has_dwarf, kind != "stripped", "{what}: has_dwarf");
+    let magic = if version.at_least(1, 20) {
+        0xffff_fff1
+    } else {
+        0xffff_fff0
+    };
+    assert_eq!(info.pclntab_magic, magic, "{what}: pclntab magic");
+    assert!(
+        info.function_count > 1000,
+        "{what}: {} functions",
+        info.function_count
+    );
+    assert!(
+        info.symtab_mismatches.is_empty(),
+        "{what}: symtab disagrees with pclntab for {:?}",
+        info.symtab_mismatches
+    );
+    assert!(
+        info.build_settings
+            .iter()
+            .any(|(k, v)| k == "GOARCH" && v == "amd64"),
+        "{what}: build settings {:?}",
+        info.build_settings
+    );
+
+    // Stripped builds have no .nm: they must match the default build's symbols.
+    let nm_kind = if kind == "stripped" { "default" } else { kind };
+    let nm = read_nm(&dir.join(nm_kind).join(format!("{FIXTURE}.nm")));
+    if kind != "stripped" {
+        assert_eq!(
+            nm.get("runtime.text"),
+            Some(&vec![info.text_start]),
+            "{what}: text base"
+        );
+    }
+
+    let mut checked = 0;
+    for (name, nosplit) in catalog_symbols(version) {
+        let f = bin
+            .func_by_name(name)
+            .unwrap_or_else(|| panic!("{what}: {name} not found"));
+        let expected = nm
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: {name} not in {nm_kind} nm"));
+        assert!(
+            expected.contains(&f.entry),
+            "{what}: {name} at {:#x}, nm says {expected:x?}",
+            f.entry
+        );
+        assert!(f.end > f.entry, "{what}: {name} empty");
+        assert_eq!(
+            bin.func_at(f.entry).as_ref(),
+            Some(&f),
+            "{what}: func_at {name}"
+        );
+        assert_eq!(
+            bin.func_at(f.end - 1).as_ref(),
+            Some(&f),
+            "{what}: func_at end {name}"
+        );
+
+        let p = bin
+            .probe_point(&f)
+            .unwrap_or_else(|e| panic!("{what}: probe_point {name}: {e}"));
+        assert_eq!(p.entry, f.entry);
+        assert_eq!(p.stack_check, !nosplit, "{what}: {name} stack check");
+        if nosplit {
+            assert_eq!(p.probe_vaddr, f.entry, "{what}: {name}");
+        } else {
+            assert!(
+                p.probe_vaddr > f.entry && p.probe_vaddr < f.entry + 32,
+                "{what}: {name} probe at {:#x}, entry {:#x}",
+                p.probe_vaddr,
+                f.entry
+            );
+            assert_jump_precedes(&file, &p, &format!("{what}: {name}"));
+        }
+        let entry_off = bin.file_offset(f.entry).expect("entry maps into the file") as usize;
+        assert!(entry_off < file.len(), "{what}: {name} file offset");
+        assert_eq!(
+            bin.read_bytes_at(f.entry, 16),
+            file.get(entry_off..entry_off + 16),
+            "{what}: {name} bytes"
+        );
+        assert_eq!(
+            p.probe_file_offset - entry_off as u64,
+            p.probe_vaddr - f.entry,
+            "{what}: {name}"
+        );
+        assert_eq!(p.rets.len(), p.ret_file_offsets.len());
+        for (&r, &ro) in p.rets.iter().zip(&p.ret_file_offsets) {
+            assert!(r >= f.entry && r < f.end, "{what}: {name} ret outside");
+            assert!(
+                matches!(file[ro as usize], 0xc3 | 0xc2),
+                "{what}: {name} ret byte at {ro:#x}"
+            );
+        }
+        if name == "runtime.startTheWorldWithSema" {
+            assert!(!p.rets.is_empty(), "{what}: {name} has no RET");
+        }
+        checked += 1;
+    }
+
+    let rms = bin.func_by_name("runtime.ReadMemStats").unwrap();
+    let (file_name, line) = bin.file_line(rms.entry).expect("file:line of ReadMemStats");
+    assert!(
+        file_name.ends_with("runtime/mstats.go"),
+        "{what}: ReadMemStats in {file_name}"
+    );
+    assert!(line > 0, "{what}: line {line}");
+    let main_main = bin.func_by_name("main.main").expect("main.main");
+    let (main_file, _) = bin
+        .file_line(main_main.entry)
+        .expect("file:line of main.main");
+    assert!(
+        main_file.ends_with("main.go"),
+        "{what}: main.main in {main_file}"
+    );
+    assert!(matches!(
+        bin.probe_point_by_name("no.such.function"),
+        Err(AnalysisError::NoSuchFunction(_))
+    ));
+    checked
+}
+
+#[test]
+fn every_version_and_kind_matches_go_tool_nm() {
+    let mut summary = Vec::new();
+    for (v, name, dir) in versions() {
+        for kind in KINDS {
+            let n = check_fixture(v, &name, &dir, kind);
+            summary.push(format!("{name}/{kind}: {n} functions"));
+        }
+    }
+    eprintln!("checked:\n  {}", summary.join("\n  "));
+}
+
+#[test]
+fn stripped_and_default_builds_agree() {
+    for (_, name, dir) in versions() {
+        let default = GoBinary::open(&dir.join("default").join(FIXTURE)).unwrap();
+        let stripped = GoBinary::open(&dir.join("stripped").join(FIXTURE)).unwrap();
+        assert_eq!(
+            default.info().text_start,
+            stripped.info().text_start,
+            "{name}: text base"
+        );
+        let d: Vec<_> = default.funcs().collect();
+        let s: Vec<_> = stripped.funcs().collect();
+        assert_eq!(
+            d, s,
+            "{name}: function tables of default and stripped builds differ"
+        );
+    }
+}
+
+/// Every Go function `go tool nm` lists (ABI wrappers `.abi0` aside) is found at its
+/// address, for all kinds; stripped builds against the default build's listing.
+#[test]
+fn all_functions_match_nm() {
+    for (_, name, dir) in versions() {
+        for kind in KINDS {
+            let what = format!("{name}/{kind}");
+            let bin = GoBinary::open(&dir.join(kind).join(FIXTURE)).unwrap();
+            let nm_kind = if kind == "stripped" { "default" } else { kind };
+            let nm = read_nm(&dir.join(nm_kind).join(format!("{FIXTURE}.nm")));
+            let mut matched = 0;
+            for (sym, addrs) in &nm {
+                if sym.ends_with(".abi0") {
+                    continue;
+                }
+                // C functions of cgo builds and generic instantiations (named
+                // `F[...]` in the pclntab) are not found by their nm name.
+                let Some(f) = bin.func_by_name(sym) else {
+                    continue;
+                };
+                assert!(
+                    addrs.contains(&f.entry),
+                    "{what}: {sym} at {:#x}, nm says {addrs:x?}",
+                    f.entry
+                );
+                matched += 1;
+            }
+            let total = bin.info().function_count;
+            assert!(
+                matched * 10 > total * 9,
+                "{what}: only {matched} of {total} functions matched nm"
+            );
+        }
+    }
+}
+
+/// Without section headers (sstrip and the like) everything is found by scanning:
+/// build info, pclntab, moduledata (Go 1.26+) and PIE relocations via PT_DYNAMIC.
+#[test]
+fn section_headers_are_optional() {
+    for (v, name, dir) in versions() {
+        for kind in KINDS {
+            let what = format!("{name}/{kind} without section headers");
+            let full = fs::read(dir.join(kind).join(FIXTURE)).unwrap();
+            let original = GoBinary::parse(full.clone()).unwrap();
+            let mut cut = full;
+            cut[0x28..0x30].fill(0); // e_shoff
+            cut[0x3c..0x40].fill(0); // e_shnum, e_shstrndx
+            let bin = GoBinary::parse(cut).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(bin.info().go_version, Some(v), "{what}");
+            assert_eq!(bin.info().text_start, original.info().text_start, "{what}");
+            assert!(bin.info().stripped, "{what}");
+            let a: Vec<_> = original.funcs().collect();
+            let b: Vec<_> = bin.funcs().collect();
+            assert_eq!(a, b, "{what}: function tables differ");
+            let p = bin.probe_point_by_name("runtime.ReadMemStats").unwrap();
+            assert_eq!(
+                p,
+                original
+                    .probe_point_by_name("runtime.ReadMemStats")
+                    .unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn non_go_elf_is_not_go() {
+    let e = GoBinary::open(Path::new("/bin/true")).unwrap_err();
+    assert!(matches!(e, AnalysisError::NotGo), "/bin/true: {e}");
+    let e = GoBinary::open(Path::new("/nonexistent/binary")).unwrap_err();
+    assert!(matches!(e, AnalysisError::Io { .. }), "{e}");
+    let e = GoBinary::open(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("Cargo.toml")
+            .as_path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, AnalysisError::NotElf), "{e}");
+}
+
+/// A Go 1.17 binary (simulated by rewriting the version in the build info, or the
+/// pclntab magic) is refused with a clear error.
+#[test]
+fn old_go_versions_are_refused() {
+    let (_, name, dir) = versions().into_iter().next().expect(MISSING);
+    let full = fs::read(dir.join("default").join(FIXTURE)).unwrap();
+    let bin = GoBinary::parse(full.clone()).unwrap();
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+
+    let mut old = full.clone();
+    let at = find(&old, b"\xff Go buildinf:").expect("buildinfo magic");
+    let v = find(&old[at..], name.as_bytes()).expect("version string") + at;
+    old[v + 4] = b'1'; // go1.19.8 -> go1.19.8 with minor 1x -> 1.1x; make it 1.17
+    old[v + 5] = b'7';
+    let e = GoBinary::parse(old).unwrap_err();
+    assert!(
+        matches!(e, AnalysisError::UnsupportedGoVersion { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("go1.17"), "{e}");
+
+    let mut old = full;
+    let magic = bin.info().pclntab_magic.to_le_bytes();
+    let off = bin.file_offset(bin.info().pclntab_vaddr).unwrap() as usize;
+    assert_eq!(old[off..off + 4], magic);
+    old[off..off + 4].copy_from_slice(&0xffff_fffa_u32.to_le_bytes());
+    let e = GoBinary::parse(old).unwrap_err();
+    assert!(
+        matches!(e, AnalysisError::UnsupportedGoVersion { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_fixture_is_an_error() {
+    let (_, _, dir) = versions().into_iter().next().expect(MISSING);
+    let full = fs::read(dir.join("default").join(FIXTURE)).unwrap();
+    for cut in [
+        16,
+        64,
+        4096,
+        full.len() / 3,
+        full.len() / 2,
+        full.len() - 4096,
+    ] {
+        // The section headers are at the end: any cut loses them. Parsing may still
+        // succeed by scanning; it must not panic, and where it succeeds the tables
+        // must be usable.
+        match GoBinary::parse(full[..cut].to_vec()) {
+            Err(_) => {}
+            Ok(bin) => {
+                for f in bin.funcs().take(200) {
+                    let _ = bin.probe_point(&f);
+                    let _ = bin.file_line(f.entry);
+                }
+            }
+        }
+    }
+    // Cutting inside the pclntab must fail.
+    assert!(GoBinary::parse(full[..full.len() / 3].to_vec()).is_err());
+}

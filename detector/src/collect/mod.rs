@@ -153,7 +153,11 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
         let total = total_at(last);
         let mut sites: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
         let mut args: BTreeMap<i64, u64> = BTreeMap::new();
-        for (k, v) in last.calls.iter().filter(|(k, _)| k.tgid == pid && k.probe == id) {
+        for (k, v) in last
+            .calls
+            .iter()
+            .filter(|(k, _)| k.tgid == pid && k.probe == id)
+        {
             // The return address is just past the CALL: look up the byte before it.
             let pc = target.to_file_vaddr(k.caller).wrapping_sub(1);
             let function = target
@@ -177,7 +181,7 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
                 calls,
             })
             .collect();
-        sites.sort_by(|a, b| b.calls.cmp(&a.calls));
+        sites.sort_by_key(|s| std::cmp::Reverse(s.calls));
         calls.push(CallStats {
             func: probe.func.to_string(),
             api: probe.api.to_string(),
@@ -227,7 +231,7 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
             },
         })
         .collect();
-    pauses.sort_by(|a, b| b.total_ns.cmp(&a.total_ns));
+    pauses.sort_by_key(|p| std::cmp::Reverse(p.total_ns));
 
     Collected {
         duration_s,

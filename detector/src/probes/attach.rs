@@ -139,6 +139,40 @@ fn raise_memlock() {
     }
 }
 
+impl Snapshot {
+    /// What happened after `baseline`: counters minus the baseline's. The maximum pause
+    /// cannot be subtracted and stays the one since attach.
+    pub fn since(&self, baseline: &Snapshot) -> Snapshot {
+        let calls = self
+            .calls
+            .iter()
+            .map(|(k, v)| (*k, v.saturating_sub(*baseline.calls.get(k).unwrap_or(&0))))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        let stw = self
+            .stw
+            .iter()
+            .filter_map(|(k, s)| {
+                let Some(b) = baseline.stw.get(k) else {
+                    return Some((*k, *s));
+                };
+                let mut d = *s;
+                d.count = s.count.saturating_sub(b.count);
+                d.total_ns = s.total_ns.saturating_sub(b.total_ns);
+                for (x, y) in d.hist.iter_mut().zip(b.hist.iter()) {
+                    *x = x.saturating_sub(*y);
+                }
+                (d.count > 0).then_some((*k, d))
+            })
+            .collect();
+        let mut errors = self.errors;
+        for (e, b) in errors.iter_mut().zip(baseline.errors.iter()) {
+            *e = e.saturating_sub(*b);
+        }
+        Snapshot { calls, stw, errors }
+    }
+}
+
 impl Attached {
     /// Reads every map, summing the per-CPU slots.
     pub fn snapshot(&self) -> Snapshot {

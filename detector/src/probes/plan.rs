@@ -1,6 +1,6 @@
 //! The probe plan for one binary: for each runtime function, which eBPF program,
 //! at which file offset, with which cookie. Pure: computed from the binary alone.
-use detector_common::{cookie, ArgMode, STW_REASON_FROM_AL, STW_REASON_FROM_PENDING};
+use detector_common::{cookie, stw_pending_cookie, ArgMode, STW_REASON_FROM_AL};
 use serde::Serialize;
 
 use super::catalog::{self, Presence, RuntimeFunc};
@@ -48,6 +48,12 @@ const CALL_PROBES: &[(&str, ArgMode)] = &[
     ("setmemorylimit", ArgMode::Rax),
     ("goroutineprofile", ArgMode::None),
 ];
+
+/// `g.m` offset (amd64, every supported release) and `m.curg` offset in Go 1.19/1.20,
+/// the only releases that need them (go-runtime-facts.md; checked by the e2e tests,
+/// which count every Go 1.19 "read mem stats" pause under its reason).
+const G_M_OFFSET: u16 = 48;
+const M_CURG_OFFSET_GO119: u16 = 192;
 
 /// One uprobe to attach.
 #[derive(Clone, Debug, Serialize)]
@@ -140,7 +146,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 vaddr: start_pt.probe_vaddr,
                 file_offset: start_pt.probe_file_offset,
                 cookie: if string_reasons {
-                    STW_REASON_FROM_PENDING
+                    stw_pending_cookie(G_M_OFFSET, M_CURG_OFFSET_GO119)
                 } else {
                     STW_REASON_FROM_AL
                 },
@@ -158,17 +164,18 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
         }
     }
     if string_reasons && !stw.is_empty() {
-        match find("stw_request").and_then(|r| locate(bin, &r, &mut plan.skipped)) {
-            Some((sym, pt)) => stw.push(PlannedProbe {
+        // Without it pauses are still measured, all "without a reason".
+        if let Some((sym, pt)) =
+            find("stw_request").and_then(|r| locate(bin, &r, &mut plan.skipped))
+        {
+            stw.push(PlannedProbe {
                 func: "stw_request",
                 symbol: sym,
                 program: Program::StwReason,
                 vaddr: pt.probe_vaddr,
                 file_offset: pt.probe_file_offset,
                 cookie: 0,
-            }),
-            // Pauses are still measured; they are just all "without a reason".
-            None => {}
+            });
         }
     }
     plan.stw = !stw.is_empty();

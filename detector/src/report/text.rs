@@ -153,8 +153,8 @@ pub fn render_inspection(i: &Inspection) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "  {:<30} {:<8} {:>12} {:>12} {:>12} {}",
-        "API", "status", "address", "file offset", "probe at", "notes"
+        "  {:<30} {:<8} {:>12} {:>12} {:>12} notes",
+        "API", "status", "address", "file offset", "probe at"
     );
     for f in &i.functions {
         let hex = |v: Option<u64>| v.map(|v| format!("{v:#x}")).unwrap_or_else(|| "-".into());

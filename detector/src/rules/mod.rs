@@ -72,7 +72,7 @@ pub const RULES: &[Rule] = &[readmemstats::RULE];
 /// Runs every rule; findings come most severe first.
 pub fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let mut findings: Vec<Finding> = RULES.iter().flat_map(|r| (r.judge)(c, t)).collect();
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
 

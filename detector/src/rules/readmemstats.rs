@@ -8,7 +8,8 @@ use crate::collect::{stw::READ_MEM_STATS, Collected};
 pub const RULE: Rule = Rule {
     id: "readmemstats-hot-path",
     catalog_case: 1,
-    observes: "calls to runtime.ReadMemStats by call site, and the pauses with reason \"read mem stats\"",
+    observes:
+        "calls to runtime.ReadMemStats by call site, and the pauses with reason \"read mem stats\"",
     judge,
 };
 
@@ -16,7 +17,12 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let Some(calls) = c.calls.iter().find(|s| s.func == "readmemstats") else {
         return vec![];
     };
-    let user_calls: u64 = calls.sites.iter().filter(|s| s.user_code).map(|s| s.calls).sum();
+    let user_calls: u64 = calls
+        .sites
+        .iter()
+        .filter(|s| s.user_code)
+        .map(|s| s.calls)
+        .sum();
     let rate = user_calls as f64 / c.duration_s;
     let sustained = active_fraction(&calls.per_tick);
     if rate < t.readmemstats_per_second || sustained < t.sustained_fraction {
@@ -53,7 +59,11 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             s.function,
             s.file,
             s.line,
-            if s.user_code { "" } else { " [standard library, ignored]" }
+            if s.user_code {
+                ""
+            } else {
+                " [standard library, ignored]"
+            }
         ));
     }
     if c.stw_measured {

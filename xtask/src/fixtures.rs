@@ -26,6 +26,8 @@ const KINDS: &[(&str, &[&str], &str, bool)] = &[
     // Externally linked: `.text` starts before `runtime.text`, as in cgo binaries.
     ("cgo", &["-ldflags=-linkmode=external"], "1", true),
 ];
+/// Not part of the matrix: only built once, to test the refusal of foreign binaries.
+const ARM64: (&str, &[&str], &str, bool) = ("arm64", &[], "0", false);
 
 pub fn root() -> PathBuf {
     std::env::var_os("DETECTOR_FIXTURES")
@@ -61,6 +63,7 @@ fn go_cmd(tool: &GoTool) -> Command {
 fn build_one(tool: &GoTool, fixture: &str, kind: &str) -> Result<PathBuf> {
     let &(_, args, cgo, symbols) = KINDS
         .iter()
+        .chain([&ARM64])
         .find(|k| k.0 == kind)
         .with_context(|| format!("unknown build kind {kind}"))?;
     let src = workspace_root().join("tests/fixtures").join(fixture);
@@ -81,6 +84,7 @@ fn build_one(tool: &GoTool, fixture: &str, kind: &str) -> Result<PathBuf> {
         .arg(".")
         .current_dir(&src)
         .env("CGO_ENABLED", cgo)
+        .env("GOARCH", if kind == ARM64.0 { "arm64" } else { "amd64" })
         .status()
         .context("could not run go build")?;
     if !status.success() {
@@ -115,13 +119,17 @@ pub fn build_all(tools: &Tools, only: &[String]) -> Result<()> {
     if selected.is_empty() {
         bail!("no installed Go toolchain matches {only:?}");
     }
-    for tool in selected {
+    for tool in &selected {
         eprintln!("fixtures: Go {}", tool.version);
         for fixture in FIXTURES {
             for (kind, ..) in KINDS {
                 build_one(tool, fixture, kind)?;
             }
         }
+    }
+    // A Go binary for another architecture, for the bad-input tests.
+    if let Some(newest) = selected.last() {
+        build_one(newest, "allapis", "arm64")?;
     }
     Ok(())
 }

@@ -19,7 +19,11 @@ fn expect_error(out: &Output, code: i32, words: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one line expected: {stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line expected: {stderr}"
+    );
     assert!(
         stderr.contains(words),
         "expected {words:?} in the message: {stderr}"
@@ -41,7 +45,13 @@ fn no_such_pid() {
 fn non_go_process() {
     require_bpf_privileges();
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
-    let out = detector(&["diagnose", "--pid", &sleeper.id().to_string(), "--duration", "1s"]);
+    let out = detector(&[
+        "diagnose",
+        "--pid",
+        &sleeper.id().to_string(),
+        "--duration",
+        "1s",
+    ]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     expect_error(&out, 4, "not a Go binary");
@@ -49,7 +59,10 @@ fn non_go_process() {
 
 #[test]
 fn not_an_elf_file() {
-    let out = detector(&["inspect", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
+    let out = detector(&[
+        "inspect",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+    ]);
     expect_error(&out, 5, "not an ELF file");
 }
 
@@ -91,9 +104,20 @@ fn missing_privileges() {
         .unwrap();
     // The same binary, run as "nobody" with no capabilities.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(detector_bin())
-        .args(["diagnose", "--pid", &target.id().to_string(), "--duration", "1s"])
+        .args([
+            "diagnose",
+            "--pid",
+            &target.id().to_string(),
+            "--duration",
+            "1s",
+        ])
         .output()
         .expect("setpriv (util-linux)");
     let _ = target.kill();

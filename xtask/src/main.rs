@@ -107,7 +107,7 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("xtask: cargo test");
     run_cmd(
         cargo(&tools)
-            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(["test", "--no-fail-fast"])
             .arg("--")
             .args(extra)
             .env("DETECTOR_BIN", &bin)

@@ -105,14 +105,42 @@ fn test(extra: &[String]) -> Result<()> {
     run_cmd(cargo(&tools).args(["build", "--package", "detector"]))?;
     let bin = root.join("target/debug/detector");
     eprintln!("xtask: cargo test");
-    run_cmd(
-        cargo(&tools)
-            .args(["test", "--no-fail-fast"])
-            .arg("--")
-            .args(extra)
-            .env("DETECTOR_BIN", &bin)
-            .env("DETECTOR_FIXTURES", fixtures::root()),
-    )
+    let mut child = cargo(&tools)
+        .args(["test", "--no-fail-fast"])
+        .arg("--")
+        .args(extra)
+        .env("DETECTOR_BIN", &bin)
+        .env("DETECTOR_FIXTURES", fixtures::root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("could not start cargo test")?;
+    // Echo cargo's output and add up its "test result" lines into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let out = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        let n = p.trim().strip_suffix(word)?.split_whitespace().last()?;
+                        n.parse::<u64>().ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += num("passed");
+            failed += num("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
 }
 
 fn demo(duration: &str) -> Result<()> {

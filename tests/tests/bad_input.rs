@@ -30,6 +30,15 @@ fn expect_error(out: &Output, code: i32, words: &str) {
     );
 }
 
+/// The newest Go's service fixture, lightly loaded.
+fn start_service() -> std::process::Child {
+    Command::new(version_dir("service", 27).join("default/service"))
+        .args(["-rate", "50"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the service fixture")
+}
+
 fn newest_fixture(kind: &str, name: &str) -> std::path::PathBuf {
     version_dir("allapis", 27).join(kind).join(name)
 }
@@ -97,11 +106,7 @@ fn truncated_elf() {
 #[test]
 fn missing_privileges() {
     require_bpf_privileges();
-    let mut target = Command::new(version_dir("service", 27).join("default/service"))
-        .args(["-rate", "10"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut target = start_service();
     // The same binary, run as "nobody" with no capabilities.
     let out = Command::new("setpriv")
         .args([
@@ -133,11 +138,7 @@ fn missing_privileges() {
 #[test]
 fn target_exits_mid_run() {
     require_bpf_privileges();
-    let mut target = Command::new(version_dir("service", 27).join("default/service"))
-        .args(["-rate", "50"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut target = start_service();
     std::thread::sleep(Duration::from_millis(300));
     let pid = target.id();
     let diag = Command::new(detector_bin())

@@ -112,6 +112,16 @@ impl StwStats {
         max_ns: 0,
         hist: [0; STW_BUCKETS],
     };
+
+    /// Adds `other` into `self` (per-CPU slots, or keys that share a reason).
+    pub fn merge(&mut self, other: &StwStats) {
+        self.count += other.count;
+        self.total_ns += other.total_ns;
+        self.max_ns = self.max_ns.max(other.max_ns);
+        for (a, b) in self.hist.iter_mut().zip(other.hist.iter()) {
+            *a += b;
+        }
+    }
 }
 
 /// A pause in flight: started, not yet ended.

@@ -200,15 +200,10 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
     // Pauses: merge keys that map to the same reason (1.19 strings may repeat).
     let mut by_reason: BTreeMap<Reason, StwStats> = BTreeMap::new();
     for (k, s) in last.stw.iter().filter(|(k, _)| k.tgid == pid) {
-        let e = by_reason
+        by_reason
             .entry(reason_of(target, k.reason))
-            .or_insert(StwStats::ZERO);
-        e.count += s.count;
-        e.total_ns += s.total_ns;
-        e.max_ns = e.max_ns.max(s.max_ns);
-        for (a, b) in e.hist.iter_mut().zip(s.hist.iter()) {
-            *a += b;
-        }
+            .or_insert(StwStats::ZERO)
+            .merge(s);
     }
     let stopped_ns: u64 = by_reason.values().map(|s| s.total_ns).sum();
     let pauses_total: u64 = by_reason.values().map(|s| s.count).sum();

@@ -189,12 +189,7 @@ impl Attached {
                 for (k, per_cpu) in stw.iter().flatten() {
                     let mut total = StwStats::ZERO;
                     for s in per_cpu.iter() {
-                        total.count += s.count;
-                        total.total_ns += s.total_ns;
-                        total.max_ns = total.max_ns.max(s.max_ns);
-                        for (t, h) in total.hist.iter_mut().zip(s.hist.iter()) {
-                            *t += h;
-                        }
+                        total.merge(s);
                     }
                     snap.stw.insert(k, total);
                 }

@@ -32,6 +32,12 @@ pub enum ArgMode {
     Rax = 1,
     /// Low byte of the fourth integer argument (DIL), e.g. the `all` flag of `runtime.Stack`.
     Dil = 2,
+    /// `(RBX << 8) | DIL`: `runtime.saveblockevent(cycles, rate, skip, which)`, whose
+    /// `rate` is the profile's setting and `which` says block (2) or mutex (3).
+    RateAndWhich = 3,
+    /// The code pointer of the closure in the second `any` argument (RCX type, RDI
+    /// data -> funcval -> PC): the finalizer function passed to `runtime.SetFinalizer`.
+    FinalizerFn = 4,
 }
 
 impl ArgMode {
@@ -39,6 +45,8 @@ impl ArgMode {
         match v {
             1 => ArgMode::Rax,
             2 => ArgMode::Dil,
+            3 => ArgMode::RateAndWhich,
+            4 => ArgMode::FinalizerFn,
             _ => ArgMode::None,
         }
     }
@@ -47,6 +55,28 @@ impl ArgMode {
 pub const fn cookie(probe_id: u32, mode: ArgMode) -> u64 {
     (probe_id as u64) | ((mode as u64) << COOKIE_ARG_SHIFT)
 }
+
+/// Cookie flag of the `runtime.GC` entry probe: the process enters a forced collection
+/// (the matching `forced_gc_exit` probes sit on each RET of `runtime.GC`).
+pub const COOKIE_FORCED_GC_ENTER: u64 = 1 << 40;
+
+/// Cookie flag of a probe inside a function, on the first instruction of an inlined
+/// runtime call (e.g. `runtime.NumGoroutine`): there is no return address at [RSP], so
+/// the key's `caller` is the probed instruction + 1 (user space looks up `caller - 1`
+/// for every call site, and so lands on the probed instruction itself).
+pub const COOKIE_CALLER_IS_IP: u64 = 1 << 41;
+
+/// Set in [`StwKey::reason`] when a GC pause happened while a goroutine of the process
+/// was inside `runtime.GC` (directly or through `debug.FreeOSMemory`): a forced
+/// collection, not one the pacer started.
+pub const STW_FORCED_GC_FLAG: u64 = 1 << 62;
+/// 1.21+ `stwReason` values of the collector's own pauses.
+pub const STW_REASON_GC_MARK_TERM: u64 = 1;
+pub const STW_REASON_GC_SWEEP_TERM: u64 = 2;
+
+/// `which` values of `runtime.saveblockevent` (runtime/mprof.go `bucketType`, 1.19-1.27).
+pub const BUCKET_BLOCK: u64 = 2;
+pub const BUCKET_MUTEX: u64 = 3;
 
 /// How a stop-the-world start probe finds the reason (the cookie's low byte).
 pub const STW_REASON_FROM_AL: u64 = 0;
@@ -142,7 +172,9 @@ pub mod errors {
     pub const STW_END_WITHOUT_START: u32 = 2;
     /// Reading the return address from the target's stack failed.
     pub const READ_CALLER_FAILED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// The forced-collection depth map was full.
+    pub const FORCED_GC_MAP_FULL: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Log2 bucket of a duration in nanoseconds.

@@ -8,6 +8,9 @@
 //! - `stw_start`: on `runtime.stopTheWorldWithSema`: opens a pause for the process.
 //! - `stw_end`: on every RET of `runtime.startTheWorldWithSema`: closes it and adds its
 //!   duration to the per-(process, reason) statistics and log2 histogram.
+//! - `forced_gc_exit`: on every RET of `runtime.GC`. With the flagged `count_call` at its
+//!   entry it keeps a per-process depth of forced collections, so GC pauses inside
+//!   `runtime.GC` (or `debug.FreeOSMemory`) are told apart from the pacer's own.
 //!
 //! Decisions (what is misuse, what is noise) are user space's job.
 #![no_std]
@@ -25,8 +28,10 @@ use aya_ebpf::{
 };
 use detector_common::{
     errors, log2_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
-    MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_STW_KEYS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT,
-    STW_COOKIE_MODE_MASK, STW_REASON_FROM_PENDING, STW_REASON_STRING_FLAG,
+    COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_STW_KEYS,
+    STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG,
+    STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
+    STW_REASON_STRING_FLAG,
 };
 
 #[map]
@@ -44,6 +49,10 @@ static STW_OPEN: HashMap<u32, StwOpen> = HashMap::with_max_entries(MAX_OPEN_PAUS
 /// another thread before it reaches stopTheWorldWithSema.
 #[map]
 static STW_PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
+
+/// Process -> number of its goroutines inside `runtime.GC` right now.
+#[map]
+static FORCED_GC: HashMap<u32, u64> = HashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
 
 #[map]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
@@ -69,13 +78,24 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
         ArgMode::None => 0,
         ArgMode::Rax => regs.rax,
         ArgMode::Dil => regs.rdi & 0xff,
+        ArgMode::RateAndWhich => (regs.rbx << 8) | (regs.rdi & 0xff),
+        // A funcval starts with its code pointer; 0 when unreadable.
+        ArgMode::FinalizerFn => unsafe { bpf_probe_read_user(regs.rdi as *const u64) }.unwrap_or(0),
     };
-    // The probe sits before the frame is set up, so [RSP] is the return address.
-    let caller = match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
-        Ok(ret) => ret,
-        Err(_) => {
-            count_error(errors::READ_CALLER_FAILED);
-            0
+    if cookie & COOKIE_FORCED_GC_ENTER != 0 {
+        forced_gc_add(tgid_tid().0, 1);
+    }
+    // The probe sits before the frame is set up, so [RSP] is the return address;
+    // inside a function (an inlined call) the probed instruction is the call site.
+    let caller = if cookie & COOKIE_CALLER_IS_IP != 0 {
+        regs.rip + 1
+    } else {
+        match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+            Ok(ret) => ret,
+            Err(_) => {
+                count_error(errors::READ_CALLER_FAILED);
+                0
+            }
         }
     };
     let key = CallKey {
@@ -94,6 +114,33 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
         }
     }
     0
+}
+
+/// Adds `delta` (+1 or -1) to the process's forced-collection depth, never below 0.
+#[inline(always)]
+fn forced_gc_add(tgid: u32, delta: i64) {
+    if let Some(d) = FORCED_GC.get_ptr_mut(&tgid) {
+        unsafe {
+            *d = if delta < 0 {
+                (*d).saturating_sub(1)
+            } else {
+                *d + 1
+            }
+        };
+    } else if delta > 0 && FORCED_GC.insert(&tgid, &1, 0).is_err() {
+        count_error(errors::FORCED_GC_MAP_FULL);
+    }
+}
+
+#[uprobe]
+pub fn forced_gc_exit(_ctx: ProbeContext) -> u32 {
+    forced_gc_add(tgid_tid().0, -1);
+    0
+}
+
+#[inline(always)]
+fn in_forced_gc(tgid: u32) -> bool {
+    matches!(unsafe { FORCED_GC.get(&tgid) }, Some(d) if *d > 0)
 }
 
 #[uprobe]
@@ -129,10 +176,21 @@ pub fn stw_start(ctx: ProbeContext) -> u32 {
             }
             let _ = STW_PENDING.remove(&g);
         }
-        STW_REASON_STRING_FLAG | ptr
+        // Without a reason string it is one of the collector's pauses.
+        let forced = if ptr == 0 && in_forced_gc(tgid) {
+            STW_FORCED_GC_FLAG
+        } else {
+            0
+        };
+        STW_REASON_STRING_FLAG | ptr | forced
     } else {
         // Go 1.21+: stwReason is a uint8 in AL.
-        unsafe { (*ctx.regs).rax & 0xff }
+        let r = unsafe { (*ctx.regs).rax & 0xff };
+        if (r == STW_REASON_GC_MARK_TERM || r == STW_REASON_GC_SWEEP_TERM) && in_forced_gc(tgid) {
+            r | STW_FORCED_GC_FLAG
+        } else {
+            r
+        }
     };
     let open = StwOpen {
         start_ns: now,

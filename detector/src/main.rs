@@ -2,10 +2,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use detector::{
-    cmd::{self, parse_duration, Format},
-    rules::Thresholds,
-};
+use detector::cmd::{self, parse_duration, Format};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -45,10 +42,30 @@ enum Command {
         duration: Duration,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
-        /// ReadMemStats calls per second (from user code, sustained) that make a finding.
-        #[arg(long, default_value_t = Thresholds::default().readmemstats_per_second)]
-        readmemstats_min_rate: f64,
+        #[command(flatten)]
+        rules: RuleOptions,
+        /// ReadMemStats calls per second (from user code, sustained) that make a finding
+        /// (same as --set readmemstats_per_second=N).
+        #[arg(long)]
+        readmemstats_min_rate: Option<f64>,
     },
+    /// List every rule, what it observes and its thresholds (after --config and --set).
+    Rules {
+        #[command(flatten)]
+        rules: RuleOptions,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(clap::Args)]
+struct RuleOptions {
+    /// TOML file with a [thresholds] table (keys: see `detector rules`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one threshold, e.g. --set caller_per_second=500 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -60,16 +77,21 @@ fn main() -> ExitCode {
             pid,
             duration,
             format,
+            rules,
             readmemstats_min_rate,
-        } => cmd::diagnose::run(cmd::diagnose::Options {
-            pid,
-            duration,
-            format,
-            thresholds: Thresholds {
-                readmemstats_per_second: readmemstats_min_rate,
-                ..Thresholds::default()
-            },
+        } => cmd::thresholds(rules.config.as_deref(), &rules.sets).and_then(|mut t| {
+            if let Some(r) = readmemstats_min_rate {
+                t.readmemstats_per_second = r;
+            }
+            cmd::diagnose::run(cmd::diagnose::Options {
+                pid,
+                duration,
+                format,
+                thresholds: t,
+            })
         }),
+        Command::Rules { rules, format } => cmd::thresholds(rules.config.as_deref(), &rules.sets)
+            .and_then(|t| cmd::rules::run(&t, format)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -62,6 +62,17 @@ fn catalog_symbols(v: GoVersion) -> Vec<(&'static str, bool)> {
         ("runtime.stopTheWorldWithSema", false),
         ("runtime.startTheWorldWithSema", false),
         ("runtime.stopTheWorld", false),
+        ("runtime.sigprof", false),
+        ("runtime.saveblockevent", false),
+        ("runtime.startlockedm", false),
+        (
+            if v.at_least(1, 21) {
+                "runtime.readTrace0"
+            } else {
+                "runtime.ReadTrace"
+            },
+            false,
+        ),
     ];
     if v.at_least(1, 25) {
         rows.push((

@@ -36,6 +36,25 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the accuracy matrix (case × variant × Go version × build kind, live) and
+    /// print its confusion matrix. Needs root.
+    Accuracy {
+        /// Only the covering subset that CI runs.
+        #[arg(long)]
+        quick: bool,
+        /// Cells run at once (each is one fixture and one detector).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Only Go versions whose directory name contains this (repeatable), e.g. 1.19.
+        #[arg(long)]
+        go: Vec<String>,
+        /// Only these build kinds (default, stripped, pie; repeatable).
+        #[arg(long)]
+        kind: Vec<String>,
+        /// Only these cases (repeatable), e.g. gc.
+        #[arg(long)]
+        case: Vec<String>,
+    },
     /// Set up, start a demo Go service that misuses ReadMemStats, and diagnose it live.
     Demo {
         /// How long to watch the demo service.
@@ -63,6 +82,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration } => demo(&duration),
+        Cmd::Accuracy {
+            quick,
+            jobs,
+            go,
+            kind,
+            case,
+        } => accuracy(quick, jobs, &go, &kind, &case),
     }
 }
 
@@ -141,6 +167,36 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("cargo test ran no test");
     }
     Ok(())
+}
+
+fn accuracy(
+    quick: bool,
+    jobs: usize,
+    go: &[String],
+    kind: &[String],
+    case: &[String],
+) -> Result<()> {
+    let tools = setup::all()?;
+    fixtures::build_all(&tools, &[])?;
+    run_cmd(cargo(&tools).args(["build", "--release", "--package", "detector"]))?;
+    let mut cmd = cargo(&tools);
+    cmd.args(["run", "--quiet", "--release", "--package", "detector-tests"])
+        .args(["--bin", "accuracy", "--"])
+        .args(["--jobs", &jobs.to_string()])
+        .env(
+            "DETECTOR_BIN",
+            workspace_root().join("target/release/detector"),
+        )
+        .env("DETECTOR_FIXTURES", fixtures::root());
+    if quick {
+        cmd.arg("--quick");
+    }
+    for (flag, values) in [("--go", go), ("--kind", kind), ("--case", case)] {
+        for v in values {
+            cmd.args([flag, v]);
+        }
+    }
+    run_cmd(&mut cmd)
 }
 
 fn demo(duration: &str) -> Result<()> {

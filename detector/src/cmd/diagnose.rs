@@ -12,7 +12,7 @@ use crate::{
     probes::{attach, plan},
     report::{render_diagnosis, Diagnosis, ProbeInfo, TargetInfo},
     rules::{self, Thresholds},
-    target::Target,
+    target::{self, Target},
 };
 
 pub struct Options {
@@ -77,6 +77,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     // keeps calls and pauses from half-attached moments out of the numbers.
     let baseline = attached.snapshot();
     let start = Instant::now();
+    let cpu_start = target::cpu_seconds(o.pid);
     let mut samples = Vec::new();
     let mut next_tick = start + TICK;
     loop {
@@ -90,6 +91,9 @@ pub fn run(o: Options) -> Result<u8, Failure> {
             samples.push(Sample {
                 at_s: (now - start).as_secs_f64(),
                 snap: attached.snapshot().since(&baseline),
+                cpu_s: cpu_start
+                    .zip(target::cpu_seconds(o.pid))
+                    .map(|(a, b)| (b - a).max(0.0)),
             });
             next_tick += TICK;
         }

@@ -1,6 +1,14 @@
 //! The subcommands.
 pub mod diagnose;
 pub mod inspect;
+pub mod rules;
+
+use std::path::Path;
+
+use crate::{
+    exit::{self, Failure},
+    rules::Thresholds,
+};
 
 use clap::ValueEnum;
 
@@ -8,6 +16,28 @@ use clap::ValueEnum;
 pub enum Format {
     Text,
     Json,
+}
+
+/// The thresholds in effect: defaults, then the TOML file, then each `KEY=VALUE`.
+pub fn thresholds(config: Option<&Path>, sets: &[String]) -> Result<Thresholds, Failure> {
+    let mut t = match config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                Failure::new(
+                    exit::USAGE,
+                    format!("cannot read config {}: {e}", p.display()),
+                )
+            })?;
+            Thresholds::from_toml(&text)
+                .map_err(|e| Failure::new(exit::USAGE, format!("config {}: {e}", p.display())))?
+        }
+        None => Thresholds::default(),
+    };
+    for s in sets {
+        t.set(s)
+            .map_err(|e| Failure::new(exit::USAGE, format!("--set {e}")))?;
+    }
+    Ok(t)
 }
 
 /// Parses "10s", "500ms", "2m", "1.5s" or a bare number of seconds.

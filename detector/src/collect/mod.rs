@@ -3,21 +3,28 @@
 //! the share of wall time the process was stopped.
 pub mod stw;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use detector_common::{StwStats, STW_BUCKETS, STW_REASON_STRING_FLAG};
+use detector_common::{StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG};
 use serde::Serialize;
 
+use detector_common::ArgMode;
+
 use crate::{
-    probes::{attach::Snapshot, plan::Plan},
+    probes::{
+        attach::Snapshot,
+        plan::{arg_name, Plan},
+    },
     target::Target,
 };
 pub use stw::Reason;
 
-/// A snapshot and when it was taken (seconds since the probes were attached).
+/// A snapshot and when it was taken (seconds since the window started).
 pub struct Sample {
     pub at_s: f64,
     pub snap: Snapshot,
+    /// CPU seconds the target used since the window started, when readable.
+    pub cpu_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -29,12 +36,21 @@ pub struct CallSite {
     pub calls: u64,
     /// False for the runtime and standard-library code a user cannot change.
     pub user_code: bool,
+    /// Argument values passed from this site (functions whose argument matters).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<ArgCount>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ArgCount {
     pub value: i64,
     pub calls: u64,
+    /// For a code pointer (the finalizer passed to SetFinalizer): its function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// For a finalizer: whether it (or a function it calls) is a Close method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closes_resource: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -47,6 +63,8 @@ pub struct CallStats {
     pub per_second: f64,
     /// Calls in each tick of the window (for "sustained" checks and sparklines).
     pub per_tick: Vec<u64>,
+    /// The same, counting only calls from user code.
+    pub user_per_tick: Vec<u64>,
     /// Call sites, most calls first.
     pub sites: Vec<CallSite>,
     /// Argument values seen (only for functions whose argument matters).
@@ -67,6 +85,10 @@ pub struct PauseStats {
     pub wall_share: f64,
     /// Share of this process's total stopped time.
     pub stw_share: f64,
+    /// The API that stops the world for this reason, when it was seen called.
+    pub api: Option<String>,
+    /// Its busiest call site (user code first).
+    pub call_site: Option<CallSite>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,6 +103,17 @@ pub struct Collected {
     pub stopped_share: f64,
     /// Kernel-side counters of lost updates (map full, unreadable stack, ...).
     pub kernel_errors: Vec<u64>,
+    /// CPU seconds the process used during the window (all threads).
+    pub cpu_seconds: Option<f64>,
+    /// Rate of the CPU tick counter the Go runtime uses for profile rates (RDTSC).
+    pub ticks_per_second: Option<f64>,
+}
+
+impl Collected {
+    /// The counted calls of catalog function `func`, if probed.
+    pub fn calls_of(&self, func: &str) -> Option<&CallStats> {
+        self.calls.iter().find(|c| c.func == func)
+    }
 }
 
 /// Code a user cannot change: calls from here never make findings.
@@ -95,6 +128,67 @@ pub fn is_user_code(function: &str) -> bool {
         "os.",
     ];
     !NOT_USER.iter().any(|p| function.starts_with(p))
+}
+
+/// The probed API behind a pause reason: the calls that stop the world for it.
+fn cause<'a>(reason: &Reason, calls: &'a [CallStats]) -> Option<&'a CallStats> {
+    let of = |func: &str| calls.iter().find(|c| c.func == func && c.calls > 0);
+    if reason.forced {
+        // FreeOSMemory calls runtime.GC itself: prefer it when user code calls it.
+        let user = |c: &&CallStats| c.sites.iter().any(|s| s.user_code);
+        return of("freeosmemory")
+            .filter(user)
+            .or(of("gc").filter(user))
+            .or(of("gc"));
+    }
+    match reason.code? {
+        stw::READ_MEM_STATS => of("readmemstats"),
+        stw::STACK_TRACE => of("stack"),
+        stw::GOMAXPROCS => of("gomaxprocs"),
+        stw::START_TRACE => of("tracestart").or(of("starttrace")),
+        stw::STOP_TRACE => of("tracestop"),
+        stw::GOROUTINE_PROFILE | stw::GOROUTINE_PROFILE_CLEANUP => of("goroutineprofile"),
+        _ => None,
+    }
+}
+
+/// Whether finalizer `name` releases a resource: it is, or directly calls (two levels
+/// deep, to see through small wrappers), a function named Close/close.
+fn closes_resource(target: &Target, name: &str) -> bool {
+    let is_close = |f: &str| {
+        let last = f.rsplit('.').next().unwrap_or(f);
+        let last = last.strip_suffix("-fm").unwrap_or(last);
+        last.eq_ignore_ascii_case("close")
+    };
+    if is_close(name) {
+        return true;
+    }
+    target.binary.called_functions(name).iter().any(|callee| {
+        is_close(callee)
+            || (is_user_code(callee)
+                && target
+                    .binary
+                    .called_functions(callee)
+                    .iter()
+                    .any(|f| is_close(f)))
+    })
+}
+
+/// The Go runtime's `cputicks` on amd64 is RDTSC; profile rates are stored in its
+/// ticks. Measured against the monotonic clock over 20 ms (invariant TSC assumed).
+fn ticks_per_second() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::time::{Duration, Instant};
+        // SAFETY: RDTSC has no preconditions on x86_64.
+        let (t0, c0) = (Instant::now(), unsafe { core::arch::x86_64::_rdtsc() });
+        std::thread::sleep(Duration::from_millis(20));
+        let (t1, c1) = (Instant::now(), unsafe { core::arch::x86_64::_rdtsc() });
+        let secs = (t1 - t0).as_secs_f64();
+        (c1 > c0 && secs > 0.0).then(|| (c1 - c0) as f64 / secs)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 fn percentile(s: &StwStats, q: f64) -> u64 {
@@ -114,15 +208,22 @@ fn percentile(s: &StwStats, q: f64) -> u64 {
 }
 
 fn reason_of(target: &Target, raw: u64) -> Reason {
-    if raw & STW_REASON_STRING_FLAG == 0 {
-        return stw::from_code(raw as u8);
+    let r = if raw & STW_REASON_STRING_FLAG == 0 {
+        stw::from_code(raw as u8)
+    } else {
+        let ptr = raw & !(STW_REASON_STRING_FLAG | STW_FORCED_GC_FLAG);
+        if ptr == 0 {
+            stw::from_go119(None)
+        } else {
+            let bytes = target.binary.read_bytes_at(target.to_file_vaddr(ptr), 32);
+            stw::from_go119(Some(bytes.unwrap_or(b"?")))
+        }
+    };
+    if raw & STW_FORCED_GC_FLAG != 0 {
+        r.forced()
+    } else {
+        r
     }
-    let ptr = raw & !STW_REASON_STRING_FLAG;
-    if ptr == 0 {
-        return stw::from_go119(None);
-    }
-    let bytes = target.binary.read_bytes_at(target.to_file_vaddr(ptr), 32);
-    stw::from_go119(Some(bytes.unwrap_or(b"?")))
 }
 
 /// Turns the window's samples into facts about `target`. `samples` are cumulative
@@ -133,52 +234,93 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
     let empty = Snapshot::default();
     let last = samples.last().map(|s| &s.snap).unwrap_or(&empty);
 
+    // Symbolise each distinct return address once.
+    let mut site_of: HashMap<u64, (String, String, u32)> = HashMap::new();
+    for s in samples {
+        for k in s.snap.calls.keys().filter(|k| k.tgid == pid) {
+            site_of.entry(k.caller).or_insert_with(|| {
+                // The return address is just past the CALL: look up the byte before it.
+                let pc = target.to_file_vaddr(k.caller).wrapping_sub(1);
+                let function = target
+                    .binary
+                    .func_at(pc)
+                    .map(|f| f.name)
+                    .unwrap_or_else(|| format!("{:#x}", k.caller));
+                let (file, line) = target.binary.file_line(pc).unwrap_or_default();
+                (function, file, line)
+            });
+        }
+    }
+    let user = |caller: u64| site_of.get(&caller).is_some_and(|s| is_user_code(&s.0));
+
     let mut calls = Vec::new();
     for (id, probe) in plan.call_probes.iter().enumerate() {
         let id = id as u32;
-        let total_at = |snap: &Snapshot| -> u64 {
+        let totals_at = |snap: &Snapshot| -> (u64, u64) {
             snap.calls
                 .iter()
                 .filter(|(k, _)| k.tgid == pid && k.probe == id)
-                .map(|(_, v)| v)
-                .sum()
+                .fold((0, 0), |(all, u), (k, v)| {
+                    (all + v, if user(k.caller) { u + v } else { u })
+                })
         };
         let mut per_tick = Vec::with_capacity(samples.len());
-        let mut prev = 0;
+        let mut user_per_tick = Vec::with_capacity(samples.len());
+        let mut prev = (0, 0);
         for s in samples {
-            let t = total_at(&s.snap);
-            per_tick.push(t.saturating_sub(prev));
+            let t = totals_at(&s.snap);
+            per_tick.push(t.0.saturating_sub(prev.0));
+            user_per_tick.push(t.1.saturating_sub(prev.1));
             prev = t;
         }
-        let total = total_at(last);
-        let mut sites: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
+        let total = totals_at(last).0;
+        let code_pointer = probe.arg == arg_name(ArgMode::FinalizerFn);
+        let mut sites: BTreeMap<&(String, String, u32), BTreeMap<i64, u64>> = BTreeMap::new();
         let mut args: BTreeMap<i64, u64> = BTreeMap::new();
         for (k, v) in last
             .calls
             .iter()
             .filter(|(k, _)| k.tgid == pid && k.probe == id)
         {
-            // The return address is just past the CALL: look up the byte before it.
-            let pc = target.to_file_vaddr(k.caller).wrapping_sub(1);
-            let function = target
-                .binary
-                .func_at(pc)
-                .map(|f| f.name)
-                .unwrap_or_else(|| format!("{:#x}", k.caller));
-            let (file, line) = target.binary.file_line(pc).unwrap_or_default();
-            *sites.entry((function, file, line)).or_default() += v;
+            let Some(site) = site_of.get(&k.caller) else {
+                continue;
+            };
+            let per_arg = sites.entry(site).or_default();
             if !probe.arg.is_empty() {
+                *per_arg.entry(k.arg as i64).or_default() += v;
                 *args.entry(k.arg as i64).or_default() += v;
+            } else {
+                *per_arg.entry(0).or_default() += v;
             }
         }
+        let arg_counts = |m: &BTreeMap<i64, u64>| -> Vec<ArgCount> {
+            if probe.arg.is_empty() {
+                return vec![];
+            }
+            m.iter()
+                .map(|(&value, &calls)| {
+                    let function = code_pointer
+                        .then(|| target.binary.func_at(target.to_file_vaddr(value as u64)))
+                        .flatten()
+                        .map(|f| f.name);
+                    ArgCount {
+                        value,
+                        calls,
+                        closes_resource: function.as_deref().map(|f| closes_resource(target, f)),
+                        function,
+                    }
+                })
+                .collect()
+        };
         let mut sites: Vec<CallSite> = sites
             .into_iter()
-            .map(|((function, file, line), calls)| CallSite {
-                user_code: is_user_code(&function),
-                function,
-                file,
-                line,
-                calls,
+            .map(|((function, file, line), per_arg)| CallSite {
+                user_code: is_user_code(function),
+                function: function.clone(),
+                file: file.clone(),
+                line: *line,
+                calls: per_arg.values().sum(),
+                args: arg_counts(&per_arg),
             })
             .collect();
         sites.sort_by_key(|s| std::cmp::Reverse(s.calls));
@@ -189,11 +331,9 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
             calls: total,
             per_second: total as f64 / duration_s,
             per_tick,
+            user_per_tick,
             sites,
-            args: args
-                .into_iter()
-                .map(|(value, calls)| ArgCount { value, calls })
-                .collect(),
+            args: arg_counts(&args),
         });
     }
 
@@ -224,8 +364,23 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
             } else {
                 s.total_ns as f64 / stopped_ns as f64
             },
+            api: None,
+            call_site: None,
         })
         .collect();
+    for p in &mut pauses {
+        if let Some(stats) = cause(&p.reason, &calls) {
+            p.api = Some(stats.api.clone());
+            p.call_site = stats
+                .sites
+                .iter()
+                .find(|s| s.user_code)
+                .or(stats.sites.first())
+                .cloned();
+        } else if p.reason.is_gc() {
+            p.api = Some("(the collector, paced by GOGC/GOMEMLIMIT)".into());
+        }
+    }
     pauses.sort_by_key(|p| std::cmp::Reverse(p.total_ns));
 
     Collected {
@@ -237,6 +392,8 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
         stopped_ns,
         stopped_share: stopped_ns as f64 / wall_ns,
         kernel_errors: last.errors.to_vec(),
+        cpu_seconds: samples.last().and_then(|s| s.cpu_s),
+        ticks_per_second: ticks_per_second(),
     }
 }
 

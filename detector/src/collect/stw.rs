@@ -6,6 +6,28 @@
 pub struct Reason {
     pub code: Option<u8>,
     pub name: String,
+    /// A collector pause inside `runtime.GC` (or `debug.FreeOSMemory`): forced by
+    /// the program, not started by the pacer.
+    pub forced: bool,
+}
+
+impl Reason {
+    /// The same reason, as part of a forced collection.
+    pub fn forced(self) -> Reason {
+        Reason {
+            name: format!("forced GC: {}", self.name),
+            forced: true,
+            ..self
+        }
+    }
+
+    /// One of the collector's pauses (sweep or mark termination, or 1.19's unnamed).
+    pub fn is_gc(&self) -> bool {
+        match self.code {
+            Some(c) => c == GC_MARK_TERMINATION || c == GC_SWEEP_TERMINATION,
+            None => self.name.contains("GC"),
+        }
+    }
 }
 
 /// Go's `stwReason` strings, index = value (runtime/proc.go, 1.21 to 1.27).
@@ -24,7 +46,15 @@ const NAMES: &[&str] = &[
     "stop trace",
 ];
 
+pub const GC_MARK_TERMINATION: u8 = 1;
+pub const GC_SWEEP_TERMINATION: u8 = 2;
+pub const GOROUTINE_PROFILE: u8 = 4;
+pub const GOROUTINE_PROFILE_CLEANUP: u8 = 5;
+pub const STACK_TRACE: u8 = 6;
 pub const READ_MEM_STATS: u8 = 7;
+pub const GOMAXPROCS: u8 = 9;
+pub const START_TRACE: u8 = 10;
+pub const STOP_TRACE: u8 = 11;
 
 pub fn from_code(code: u8) -> Reason {
     Reason {
@@ -33,6 +63,7 @@ pub fn from_code(code: u8) -> Reason {
             .get(code as usize)
             .map(|s| s.to_string())
             .unwrap_or_else(|| format!("reason {code}")),
+        forced: false,
     }
 }
 
@@ -57,6 +88,7 @@ pub fn from_go119(bytes: Option<&[u8]>) -> Reason {
         return Reason {
             code: None,
             name: "GC (sweep or mark termination)".into(),
+            forced: false,
         };
     };
     for (prefix, code) in GO119 {
@@ -71,6 +103,7 @@ pub fn from_go119(bytes: Option<&[u8]>) -> Reason {
     Reason {
         code: None,
         name: format!("other ({shown})"),
+        forced: false,
     }
 }
 

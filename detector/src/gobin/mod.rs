@@ -7,16 +7,19 @@
 //! Sources of truth, in order: `.go.buildinfo` (version, settings; kept by `-s -w`),
 //! the pclntab (functions, names, file:line; kept by `-s -w`), moduledata (the text
 //! base from Go 1.26, whose pcHeader no longer stores it), and `.symtab` only as a
-//! cross-check when present.
+//! cross-check when present. `inline.rs` reads the inline trees (where a function was
+//! inlined, and where to probe that) and direct call targets.
 use std::fmt;
 use std::path::Path;
 
 mod buildinfo;
 mod elf;
+mod inline;
 mod pclntab;
 mod prologue;
 pub mod version;
 
+pub use inline::InlinedCall;
 pub use pclntab::{MAGIC_GO118, MAGIC_GO120};
 pub use version::GoVersion;
 
@@ -150,6 +153,8 @@ pub struct GoBinary {
     /// Indices into `funcs`, sorted by name (then entry).
     by_name: Vec<u32>,
     info: BinaryInfo,
+    /// `moduledata.gofunc`, found on first use (see `inline.rs`).
+    gofunc: inline::GofuncCell,
 }
 
 impl fmt::Debug for GoBinary {
@@ -284,6 +289,7 @@ impl GoBinary {
             pcln,
             funcs,
             by_name,
+            gofunc: inline::GofuncCell::new(),
         };
         bin.info.cgo = external_link || bin.has_name_prefix(b"runtime/cgo.");
         bin.info.symtab_mismatches = bin.symtab_mismatches();

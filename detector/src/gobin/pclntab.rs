@@ -25,7 +25,15 @@ const FUNC_ENTRY_OFF: usize = 0;
 const FUNC_NAME_OFF: usize = 4;
 const FUNC_PCFILE: usize = 20;
 const FUNC_PCLN: usize = 24;
+const FUNC_NPCDATA: usize = 28;
 const FUNC_CU_OFFSET: usize = 32;
+/// Length of the fixed part of `_func`: Go 1.20 added startLine (i32) before funcID,
+/// so nfuncdata, the last byte, is at 39 (1.18/1.19) or 43 (1.20+). The u32 arrays
+/// `pcdata[npcdata]` and then `funcdata[nfuncdata]` follow.
+const FUNC_HEADER_GO118: usize = 40;
+const FUNC_HEADER_GO120: usize = 44;
+/// At most this many (value, pc) steps are decoded from one pc-value table.
+const MAX_PCVALUE_STEPS: usize = 1 << 20;
 /// A name longer than this is garbage.
 const MAX_NAME_LEN: usize = 1 << 20;
 
@@ -88,6 +96,53 @@ pub fn pcvalue(table: &[u8], entry: u64, target: u64, quantum: u64) -> Option<i3
             return None; // cannot make progress
         }
     }
+}
+
+/// Every run of a pc-value table within `[entry, end)`: `(start, end, value)` with
+/// `start < end`, in address order (same encoding as [`pcvalue`]). Stops at the table's
+/// end marker, at `end`, at a malformed step (including a zero pc delta), or after a
+/// bounded number of steps.
+pub fn pcvalue_runs(table: &[u8], entry: u64, end: u64, quantum: u64) -> Vec<(u64, u64, i32)> {
+    let mut out = Vec::new();
+    let mut p = table;
+    let mut pc = entry;
+    let mut val: i32 = -1;
+    for step in 0..MAX_PCVALUE_STEPS {
+        if pc >= end {
+            break;
+        }
+        let Some((uv, n)) = read_uvarint(p) else {
+            break;
+        };
+        if uv == 0 && step > 0 {
+            break;
+        }
+        let Ok(uv) = u32::try_from(uv) else {
+            break;
+        };
+        let delta = if uv & 1 != 0 {
+            !(uv >> 1) as i32
+        } else {
+            (uv >> 1) as i32
+        };
+        val = val.wrapping_add(delta);
+        let Some((pcdelta, m)) = p.get(n..).and_then(read_uvarint) else {
+            break;
+        };
+        p = p.get(n + m..).unwrap_or(&[]);
+        // The linker emits a pair only at a real instruction boundary, so a zero pc
+        // delta never occurs in a valid table.
+        if pcdelta == 0 {
+            break;
+        }
+        let Some(next) = pcdelta.checked_mul(quantum).and_then(|d| pc.checked_add(d)) else {
+            break;
+        };
+        let next = next.min(end);
+        out.push((pc, next, val));
+        pc = next;
+    }
+    out
 }
 
 /// One function of the pclntab.
@@ -200,6 +255,80 @@ impl Pclntab {
         }
     }
 
+    /// Length of the fixed part of `_func` in this table's format.
+    fn func_header_len(&self) -> usize {
+        if self.magic == MAGIC_GO118 {
+            FUNC_HEADER_GO118
+        } else {
+            FUNC_HEADER_GO120
+        }
+    }
+
+    /// `_func.pcdata[i]`: the pc-value table `i` (`PCDATA_*` index) of `f`, or `None`
+    /// when the function has fewer tables or this one is absent (offset 0).
+    pub fn pcdata_table<'t>(&self, tab: &'t [u8], f: &FuncRec, i: usize) -> Option<&'t [u8]> {
+        let npcdata = u32_at(tab, f.func_off.checked_add(FUNC_NPCDATA)?)?;
+        if i >= npcdata as usize {
+            return None;
+        }
+        let at = f
+            .func_off
+            .checked_add(self.func_header_len())?
+            .checked_add(i.checked_mul(4)?)?;
+        let off = u32_at(tab, at)?;
+        if off == 0 {
+            return None;
+        }
+        tab.get(self.pctab.checked_add(off as usize)?..)
+    }
+
+    /// `_func.funcdata[i]` (`FUNCDATA_*` index) of `f`: an offset from
+    /// `moduledata.gofunc` (the `go:func.*` symbol), or `None` when the function has
+    /// fewer funcdata or this one is absent (^0).
+    pub fn funcdata_off(&self, tab: &[u8], f: &FuncRec, i: usize) -> Option<u32> {
+        let header = self.func_header_len();
+        let nfuncdata = *tab.get(f.func_off.checked_add(header - 1)?)?;
+        if i >= usize::from(nfuncdata) {
+            return None;
+        }
+        let npcdata = u32_at(tab, f.func_off.checked_add(FUNC_NPCDATA)?)? as usize;
+        let at = f
+            .func_off
+            .checked_add(header)?
+            .checked_add(npcdata.checked_mul(4)?)?
+            .checked_add(i.checked_mul(4)?)?;
+        match u32_at(tab, at)? {
+            u32::MAX => None,
+            off => Some(off),
+        }
+    }
+
+    /// The NUL-terminated function name at `name_off` in the function name table
+    /// (what `_func.nameOff` and inline tree entries hold).
+    pub fn name_at<'t>(&self, tab: &'t [u8], name_off: u32) -> Option<&'t [u8]> {
+        let start = self.funcname.checked_add(name_off as usize)?;
+        let len = cstr_len(tab, start)?;
+        tab.get(start..start.checked_add(len)?)
+    }
+
+    /// `_func.cuOffset`: where the function's compilation unit starts in cutab.
+    pub fn cu_offset(&self, tab: &[u8], f: &FuncRec) -> Option<u32> {
+        u32_at(tab, f.func_off.checked_add(FUNC_CU_OFFSET)?)
+    }
+
+    /// Name of file number `fileno` of the compilation unit at cutab index `cu`.
+    pub fn file_name(&self, tab: &[u8], cu: u32, fileno: i32) -> Option<String> {
+        let idx = (cu as usize).checked_add(usize::try_from(fileno).ok()?)?;
+        let file_off = u32_at(tab, self.cutab.checked_add(idx.checked_mul(4)?)?)?;
+        if file_off == u32::MAX {
+            return None;
+        }
+        let start = self.filetab.checked_add(file_off as usize)?;
+        let len = cstr_len(tab, start)?;
+        let name = tab.get(start..start.checked_add(len)?)?;
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
     /// The pclntab bytes within the file.
     pub fn bytes<'d>(&self, data: &'d [u8]) -> &'d [u8] {
         let end = self.file_offset.saturating_add(self.len);
@@ -285,19 +414,8 @@ impl Pclntab {
     pub fn file_line(&self, tab: &[u8], f: &FuncRec, pc: u64) -> Option<(String, u32)> {
         let fileno = self.func_pcvalue(tab, f, FUNC_PCFILE, pc)?;
         let line = self.func_pcvalue(tab, f, FUNC_PCLN, pc)?;
-        let cu = u32_at(tab, f.func_off.checked_add(FUNC_CU_OFFSET)?)?;
-        let idx = (cu as usize).checked_add(usize::try_from(fileno).ok()?)?;
-        let file_off = u32_at(tab, self.cutab.checked_add(idx.checked_mul(4)?)?)?;
-        if file_off == u32::MAX {
-            return None;
-        }
-        let start = self.filetab.checked_add(file_off as usize)?;
-        let len = cstr_len(tab, start)?;
-        let name = tab.get(start..start + len)?;
-        Some((
-            String::from_utf8_lossy(name).into_owned(),
-            u32::try_from(line).ok()?,
-        ))
+        let file = self.file_name(tab, self.cu_offset(tab, f)?, fileno)?;
+        Some((file, u32::try_from(line).ok()?))
     }
 }
 
@@ -435,6 +553,38 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn pcvalue_run_decoding() {
+        // -1 → 10 for [0x1000, 0x1008), → -2 for [0x1008, 0x1018), then end.
+        let table = [22, 8, 23, 16, 0];
+        assert_eq!(
+            pcvalue_runs(&table, 0x1000, 0x2000, 1),
+            vec![(0x1000, 0x1008, 10), (0x1008, 0x1018, -2)]
+        );
+        // Clipped to the function end.
+        assert_eq!(
+            pcvalue_runs(&table, 0x1000, 0x100a, 1),
+            vec![(0x1000, 0x1008, 10), (0x1008, 0x100a, -2)]
+        );
+        // A first step with no value change keeps -1 (code outside any inlined body).
+        assert_eq!(
+            pcvalue_runs(&[0, 4, 2, 4, 0], 0, 100, 1),
+            vec![(0, 4, -1), (4, 8, 0)]
+        );
+        // Truncated, empty, overflowing and zero-length steps end cleanly.
+        for n in 0..table.len() {
+            assert!(pcvalue_runs(&table[..n], 0x1000, 0x2000, 1).len() <= 2);
+        }
+        assert!(pcvalue_runs(&[], 0, 10, 1).is_empty());
+        assert_eq!(pcvalue_runs(&table, 5, 5, 1), vec![]);
+        let over = [
+            2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 2, 1, 0,
+        ];
+        assert_eq!(pcvalue_runs(&over, 1, u64::MAX, 1), vec![]);
+        let stuck = [2, 0, 2, 0, 2, 0, 2, 0];
+        assert!(pcvalue_runs(&stuck, 0, 10, 1).is_empty());
     }
 
     fn header(magic: u32, nfunc: u64) -> Vec<u8> {

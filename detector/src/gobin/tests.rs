@@ -1,4 +1,7 @@
-//! Unit tests of the whole parser on garbage and damaged input.
+//! Unit tests of the whole parser on garbage and damaged input, and of the inline
+//! tree and call decoding against the fixtures of every Go version and build kind.
+use std::collections::HashSet;
+
 use super::*;
 
 /// A small deterministic PRNG (xorshift64*).
@@ -44,6 +47,10 @@ fn exercise(bin: &GoBinary, rng: &mut Rng) {
         let _ = bin.func_at(f.entry);
         let _ = bin.func_by_name(&f.name);
         let _ = bin.file_offset(f.entry);
+        let _ = bin.call_targets(f);
+    }
+    if rng.below(4) == 0 {
+        let _ = bin.inlined_calls("runtime.NumGoroutine");
     }
     let _ = bin.read_bytes_at(u64::MAX - 2, 10);
 }
@@ -144,6 +151,349 @@ fn mutated_binaries_never_panic() {
         }
         if let Ok(bin) = GoBinary::parse(v) {
             exercise(&bin, &mut rng);
+        }
+    }
+}
+
+/// The fixture versions and build kinds the inline-tree and call tests cover.
+const FIXTURE_VERSIONS: [&str; 8] = [
+    "go1.19.8",
+    "go1.21.13",
+    "go1.22.10",
+    "go1.23.9",
+    "go1.24.11",
+    "go1.25.5",
+    "go1.26.6",
+    "go1.27.3",
+];
+const FIXTURE_KINDS: [&str; 4] = ["default", "stripped", "pie", "cgo"];
+const MISSING_FIXTURES: &str = "fixtures missing: run `cargo xtask fixtures`";
+
+fn fixtures_root() -> std::path::PathBuf {
+    match std::env::var_os("DETECTOR_FIXTURES") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"),
+    }
+}
+
+/// The `allapis` fixture of `version`/`kind`, parsed; fails (never skips) when missing.
+fn allapis(version: &str, kind: &str) -> GoBinary {
+    let path = fixtures_root().join(version).join(kind).join("allapis");
+    assert!(
+        path.is_file(),
+        "{MISSING_FIXTURES} ({} is missing)",
+        path.display()
+    );
+    GoBinary::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The source of the `allapis` fixture.
+fn allapis_source() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/allapis/main.go");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The 1-based line of `source` containing `needle`, which must occur on one line.
+fn line_of(source: &str, needle: &str) -> u32 {
+    let lines: Vec<usize> = source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{needle} should be on exactly one line of main.go"
+    );
+    lines[0] as u32
+}
+
+/// Start address of every instruction of `f`, decoding linearly from its entry.
+fn instruction_starts(bin: &GoBinary, f: &Func) -> HashSet<u64> {
+    let code = bin
+        .read_bytes_at(f.entry, (f.end - f.entry) as usize)
+        .expect("function bytes");
+    let mut decoder = iced_x86::Decoder::with_ip(64, code, f.entry, iced_x86::DecoderOptions::NONE);
+    let mut starts = HashSet::new();
+    for ins in &mut decoder {
+        starts.insert(ins.ip());
+    }
+    starts
+}
+
+/// The address `go tool nm` gives `symbol` in the listing next to a fixture.
+fn nm_address(version: &str, kind: &str, symbol: &str) -> Option<u64> {
+    let path = fixtures_root().join(version).join(kind).join("allapis.nm");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{MISSING_FIXTURES} ({}: {e})", path.display()));
+    text.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        let addr = parts.next()?;
+        let _kind = parts.next()?;
+        (parts.next()? == symbol).then(|| u64::from_str_radix(addr, 16).ok())?
+    })
+}
+
+/// Checks the inlined calls of `callee` in one fixture and returns them all.
+fn check_inlined(
+    version: &str,
+    kind: &str,
+    bin: &GoBinary,
+    callee: &str,
+    needle: &str,
+) -> Vec<InlinedCall> {
+    let what = format!("{version}/{kind} {callee}");
+    let line = line_of(&allapis_source(), needle);
+    let main = bin.func_by_name("main.main").expect("main.main");
+    // The file main.main is in: allapis/main.go (or the copy the fixture was built from).
+    let (main_file, _) = bin.file_line(main.entry).expect("file of main.main");
+    assert!(main_file.ends_with("/main.go"), "{what}: {main_file}");
+    let calls = bin.inlined_calls(callee);
+    let hits: Vec<&InlinedCall> = calls
+        .iter()
+        .filter(|c| {
+            c.caller.starts_with("main.")
+                && c.parent.starts_with("main.")
+                && c.call_file == main_file
+                && c.call_line == line
+        })
+        .collect();
+    assert!(
+        !hits.is_empty(),
+        "{what}: no inlined call from main at {main_file}:{line}; found {calls:#x?}"
+    );
+    for c in &calls {
+        let f = bin
+            .func_by_name(&c.caller)
+            .unwrap_or_else(|| panic!("{what}: caller {} not found", c.caller));
+        assert!(!c.ranges.is_empty(), "{what}: {c:x?}");
+        let starts = instruction_starts(bin, &f);
+        for &(s, e) in &c.ranges {
+            assert!(
+                f.entry <= s && s < e && e <= f.end,
+                "{what}: range outside {f:x?}: {c:x?}"
+            );
+            assert!(
+                starts.contains(&s),
+                "{what}: range start {s:#x} is not an instruction"
+            );
+        }
+        assert!(
+            f.entry <= c.probe_vaddr && c.probe_vaddr < f.end,
+            "{what}: probe outside {f:x?}: {c:x?}"
+        );
+        assert!(
+            c.ranges
+                .iter()
+                .any(|&(s, e)| s <= c.probe_vaddr && c.probe_vaddr < e),
+            "{what}: probe not in the inlined body: {c:x?}"
+        );
+        assert!(
+            starts.contains(&c.probe_vaddr),
+            "{what}: probe {:#x} is not an instruction boundary of {}",
+            c.probe_vaddr,
+            f.name
+        );
+        assert_eq!(
+            bin.file_offset(c.probe_vaddr),
+            Some(c.probe_file_offset),
+            "{what}"
+        );
+    }
+    calls
+}
+
+#[test]
+fn inlined_calls_in_every_fixture() {
+    let apis = [
+        ("runtime.NumGoroutine", "runtime.NumGoroutine("),
+        (
+            "runtime.SetMutexProfileFraction",
+            "runtime.SetMutexProfileFraction(",
+        ),
+    ];
+    for version in FIXTURE_VERSIONS {
+        let mut by_kind: Vec<(&str, Vec<Vec<InlinedCall>>)> = Vec::new();
+        for kind in FIXTURE_KINDS {
+            let bin = allapis(version, kind);
+            let base = bin.funcdata_base();
+            assert!(base.is_some(), "{version}/{kind}: no moduledata.gofunc");
+            if kind != "stripped" {
+                let sym = if version == "go1.19.8" {
+                    "go.func.*"
+                } else {
+                    "go:func.*"
+                };
+                assert_eq!(
+                    base,
+                    nm_address(version, kind, sym),
+                    "{version}/{kind}: gofunc vs nm {sym}"
+                );
+            }
+            let calls = apis
+                .iter()
+                .map(|(callee, needle)| check_inlined(version, kind, &bin, callee, needle))
+                .collect();
+            by_kind.push((kind, calls));
+        }
+        let get = |k: &str| &by_kind.iter().find(|(kind, _)| *kind == k).expect("kind").1;
+        assert_eq!(
+            get("default"),
+            get("stripped"),
+            "{version}: default and stripped differ"
+        );
+    }
+}
+
+#[test]
+fn direct_calls_in_every_fixture() {
+    for version in FIXTURE_VERSIONS {
+        for kind in FIXTURE_KINDS {
+            let what = format!("{version}/{kind}");
+            let bin = allapis(version, kind);
+            let main = bin.func_by_name("main.main").expect("main.main");
+            let read = bin
+                .func_by_name("runtime.ReadMemStats")
+                .expect("runtime.ReadMemStats");
+            let targets = bin.call_targets(&main);
+            assert!(targets.contains(&read.entry), "{what}: {targets:x?}");
+            // Direct calls go to function entries (except into Duff's devices), each once.
+            for t in &targets {
+                let f = bin
+                    .func_at(*t)
+                    .unwrap_or_else(|| panic!("{what}: {t:#x} not in a function"));
+                if f.name != "runtime.duffzero" && f.name != "runtime.duffcopy" {
+                    assert_eq!(f.entry, *t, "{what}: call into the middle of {}", f.name);
+                }
+            }
+            let unique: HashSet<&u64> = targets.iter().collect();
+            assert_eq!(unique.len(), targets.len(), "{what}: duplicates");
+            // In instruction order: main calls ReadMemStats, then GC, on a straight path.
+            let names = bin.called_functions("main.main");
+            let pos = |n: &str| names.iter().position(|x| x == n);
+            let (Some(r), Some(g)) = (pos("runtime.ReadMemStats"), pos("runtime.GC")) else {
+                panic!("{what}: {names:?}");
+            };
+            assert!(r < g, "{what}: {names:?}");
+            // Always-inlined functions are never called directly.
+            assert!(!names.iter().any(|n| n == "runtime.NumGoroutine"), "{what}");
+            assert!(bin.called_functions("no.such.function").is_empty());
+        }
+    }
+}
+
+#[test]
+fn damaged_inline_trees_never_panic() {
+    let full = sample_binary();
+    let Ok(bin) = GoBinary::parse(full.clone()) else {
+        return; // not a Go binary (fixtures missing): the fixture tests report that
+    };
+    // Where main.main's inline tree and its InlTreeIndex table are in the file.
+    let main = bin.func_by_name("main.main").expect("main.main");
+    let rec = *bin.rec_at(main.entry).expect("main.main record");
+    let tab = bin.tab();
+    let tree = bin
+        .pcln
+        .funcdata_off(tab, &rec, inline::FUNCDATA_INL_TREE)
+        .and_then(|off| bin.funcdata_base()?.checked_add(u64::from(off)))
+        .and_then(|v| bin.file_offset(v))
+        .expect("main.main has an inline tree") as usize;
+    let table = bin
+        .pcln
+        .pcdata_table(tab, &rec, inline::PCDATA_INL_TREE_INDEX)
+        .expect("InlTreeIndex");
+    let table = bin.pcln.file_offset + (table.as_ptr() as usize - tab.as_ptr() as usize);
+    let func = bin.pcln.file_offset + rec.func_off;
+    let before = bin.inlined_calls("runtime.NumGoroutine");
+    assert!(!before.is_empty());
+    drop(bin);
+    let mut rng = Rng(0x1234_5678);
+    for round in 0..60 {
+        let mut v = full.clone();
+        let region = [tree, table, func][round % 3];
+        for _ in 0..1 + rng.below(6) {
+            if let Some(b) = v.get_mut(region + rng.below(256)) {
+                *b = rng.next() as u8;
+            }
+        }
+        if let Ok(bin) = GoBinary::parse(v) {
+            for callee in [
+                "runtime.NumGoroutine",
+                "runtime.SetMutexProfileFraction",
+                "runtime.gcount",
+            ] {
+                for c in bin.inlined_calls(callee) {
+                    assert!(!c.ranges.is_empty());
+                    assert_eq!(bin.file_offset(c.probe_vaddr), Some(c.probe_file_offset));
+                }
+            }
+            let _ = bin.called_functions("main.main");
+        }
+    }
+}
+
+#[test]
+fn nested_inlined_calls_name_their_parent() {
+    for version in FIXTURE_VERSIONS {
+        let bin = allapis(version, "default");
+        let outer = bin.inlined_calls("runtime.NumGoroutine");
+        let inner = bin.inlined_calls("runtime.gcount");
+        // NumGoroutine is `return int(gcount())`: in main.main, gcount is inlined into
+        // the inlined NumGoroutine.
+        let Some(c) = inner
+            .iter()
+            .find(|c| c.caller == "main.main" && c.parent == "runtime.NumGoroutine")
+        else {
+            panic!("{version}: gcount not inlined into NumGoroutine in main.main: {inner:#x?}");
+        };
+        assert!(
+            c.call_file.ends_with("runtime/debug.go"),
+            "{version}: {c:x?}"
+        );
+        // The call site is a line of the toolchain's own debug.go that calls gcount.
+        let src = std::fs::read_to_string(&c.call_file).unwrap_or_else(|e| {
+            panic!(
+                "{version}: Go sources missing ({}: {e}); run `cargo xtask fixtures`",
+                c.call_file
+            )
+        });
+        let line = src
+            .lines()
+            .nth(c.call_line as usize - 1)
+            .unwrap_or_default();
+        assert!(
+            line.contains("gcount("),
+            "{version}: {}:{}: {line}",
+            c.call_file,
+            c.call_line
+        );
+        // Its code is part of the enclosing NumGoroutine instance.
+        let parent = outer
+            .iter()
+            .find(|o| o.caller == "main.main")
+            .expect("NumGoroutine in main.main");
+        for &(s, e) in &c.ranges {
+            assert!(
+                parent.ranges.iter().any(|&(ps, pe)| ps <= s && e <= pe),
+                "{version}: {c:x?} not within {parent:x?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gofunc_found_without_build_info_version() {
+    // Without a version (no build info) the moduledata layout is guessed and checked
+    // against the inline trees; the guess must land on the same address.
+    for version in FIXTURE_VERSIONS {
+        for kind in ["stripped", "pie"] {
+            let mut bin = allapis(version, kind);
+            let expected = bin.funcdata_base();
+            assert!(expected.is_some(), "{version}/{kind}");
+            bin.info.go_version = None;
+            bin.gofunc = inline::GofuncCell::new();
+            assert_eq!(bin.funcdata_base(), expected, "{version}/{kind}");
         }
     }
 }

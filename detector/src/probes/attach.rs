@@ -84,6 +84,7 @@ pub fn attach(plan: &Plan, target: &Path, pid: Option<u32>) -> Result<Attached, 
         Program::StwReason,
         Program::StwStart,
         Program::StwEnd,
+        Program::ForcedGcExit,
     ] {
         let prog: &mut UProbe = ebpf
             .program_mut(p.name())

@@ -126,6 +126,33 @@ pub fn runtime_functions(v: GoVersion) -> Vec<RuntimeFunc> {
             "runtime.stopTheWorld",
         ),
     ];
+    // Live activity that reveals settings made before detector attached.
+    rows.push(sym(
+        "sigprof",
+        "(CPU profiler signal handler)",
+        "runtime.sigprof",
+    ));
+    rows.push(sym(
+        "saveblockevent",
+        "(block or mutex profile event)",
+        "runtime.saveblockevent",
+    ));
+    rows.push(sym(
+        "startlockedm",
+        "(hand-off to a locked OS thread)",
+        "runtime.startlockedm",
+    ));
+    // The tracer's reader: `readTrace0` from 1.21 (ReadTrace loops on it, and 1.25+
+    // inlines ReadTrace into runtime/trace), ReadTrace itself before.
+    rows.push(sym(
+        "tracereader",
+        "(execution tracer reader)",
+        if v.at_least(1, 21) {
+            "runtime.readTrace0"
+        } else {
+            "runtime.ReadTrace"
+        },
+    ));
     if v.at_least(1, 25) {
         rows.push(sym(
             "tracestart",

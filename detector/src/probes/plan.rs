@@ -1,6 +1,9 @@
 //! The probe plan for one binary: for each runtime function, which eBPF program,
 //! at which file offset, with which cookie. Pure: computed from the binary alone.
-use detector_common::{cookie, stw_pending_cookie, ArgMode, STW_REASON_FROM_AL};
+use detector_common::{
+    cookie, stw_pending_cookie, ArgMode, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
+    STW_REASON_FROM_AL,
+};
 use serde::Serialize;
 
 use super::catalog::{self, Presence, RuntimeFunc};
@@ -14,6 +17,7 @@ pub enum Program {
     StwReason,
     StwStart,
     StwEnd,
+    ForcedGcExit,
 }
 
 impl Program {
@@ -24,13 +28,16 @@ impl Program {
             Program::StwReason => "stw_reason",
             Program::StwStart => "stw_start",
             Program::StwEnd => "stw_end",
+            Program::ForcedGcExit => "forced_gc_exit",
         }
     }
 }
 
-/// Counted calls: these APIs are rare in healthy code, so probing them costs the
-/// target almost nothing. Caller, Callers, FuncForPC and SetFinalizer can run 100k
-/// times a second in healthy services; they wait for the overhead budget (issue 5).
+/// Counted calls, with the argument each records. Most APIs are rare in healthy
+/// code. Caller, Callers, FuncForPC and SetFinalizer can run 100k times a second in
+/// healthy services; the rest are runtime-internal activity that only runs while a
+/// setting is on (CPU profiler, block/mutex profile events, tracer, locked threads),
+/// which is how settings made before detector attached are seen.
 const CALL_PROBES: &[(&str, ArgMode)] = &[
     ("readmemstats", ArgMode::None),
     ("gc", ArgMode::None),
@@ -47,7 +54,21 @@ const CALL_PROBES: &[(&str, ArgMode)] = &[
     ("setgcpercent", ArgMode::Rax),
     ("setmemorylimit", ArgMode::Rax),
     ("goroutineprofile", ArgMode::None),
+    ("setfinalizer", ArgMode::FinalizerFn),
+    ("lockosthread", ArgMode::None),
+    ("caller", ArgMode::None),
+    ("callers", ArgMode::None),
+    ("funcforpc", ArgMode::None),
+    ("sigprof", ArgMode::None),
+    ("saveblockevent", ArgMode::RateAndWhich),
+    ("startlockedm", ArgMode::None),
+    ("tracereader", ArgMode::None),
 ];
+
+/// Always-inlined APIs probed where they were inlined: (catalog id, callee symbol).
+const INLINED_PROBES: &[(&str, &str)] = &[("numgoroutine", "runtime.NumGoroutine")];
+/// A bound on inline-site probes per API (each is one uprobe in the kernel).
+const MAX_INLINED_SITES: usize = 64;
 
 /// `g.m` offset (amd64, every supported release) and `m.curg` offset in Go 1.19/1.20,
 /// the only releases that need them (go-runtime-facts.md; checked by the e2e tests,
@@ -95,11 +116,14 @@ pub struct Plan {
     pub stw: bool,
 }
 
-fn arg_name(mode: ArgMode) -> &'static str {
+/// How a probe's recorded argument is described (in `CallProbe::arg`).
+pub fn arg_name(mode: ArgMode) -> &'static str {
     match mode {
         ArgMode::None => "",
         ArgMode::Rax => "first argument",
         ArgMode::Dil => "all",
+        ArgMode::RateAndWhich => "rate and profile",
+        ArgMode::FinalizerFn => "finalizer function",
     }
 }
 
@@ -121,14 +145,66 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             symbol,
             arg: arg_name(mode),
         });
+        // runtime.GC also tracks forced collections: entry flag + a probe on each RET.
+        let forced = row.id == "gc" && !point.rets.is_empty();
         plan.probes.push(PlannedProbe {
             func: row.id,
             symbol,
             program: Program::CountCall,
             vaddr: point.probe_vaddr,
             file_offset: point.probe_file_offset,
-            cookie: cookie(probe_id, mode),
+            cookie: cookie(probe_id, mode) | if forced { COOKIE_FORCED_GC_ENTER } else { 0 },
         });
+        if forced {
+            for (vaddr, off) in point.rets.iter().zip(&point.ret_file_offsets) {
+                plan.probes.push(PlannedProbe {
+                    func: "gc_return",
+                    symbol,
+                    program: Program::ForcedGcExit,
+                    vaddr: *vaddr,
+                    file_offset: *off,
+                    cookie: 0,
+                });
+            }
+        }
+    }
+
+    // Always-inlined APIs: probe the first instruction of each inlined body in user
+    // code (found through the pclntab inline tree); the probe address is the site.
+    for (id, callee) in INLINED_PROBES {
+        let sites: Vec<_> = bin
+            .inlined_calls(callee)
+            .into_iter()
+            .filter(|s| crate::collect::is_user_code(&s.caller))
+            .take(MAX_INLINED_SITES)
+            .collect();
+        let Some(row) = find(id) else { continue };
+        if sites.is_empty() {
+            plan.skipped.push(Skipped {
+                func: row.id,
+                symbol: None,
+                reason: "always inlined, and not inlined into any user function of this binary"
+                    .into(),
+            });
+            continue;
+        }
+        let probe_id = plan.call_probes.len() as u32;
+        plan.call_probes.push(CallProbe {
+            func: row.id,
+            api: row.api,
+            symbol: callee,
+            arg: "",
+        });
+        for s in sites {
+            plan.probes.push(PlannedProbe {
+                func: row.id,
+                symbol: callee,
+                program: Program::CountCall,
+                vaddr: s.probe_vaddr,
+                file_offset: s.probe_file_offset,
+                cookie: cookie(probe_id, ArgMode::None) | COOKIE_CALLER_IS_IP,
+            });
+        }
     }
 
     // Stop-the-world: a pause opens at stopTheWorldWithSema and closes at each RET of

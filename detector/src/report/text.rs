@@ -75,10 +75,23 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
             let args: Vec<String> = s
                 .args
                 .iter()
-                .map(|a| format!("{}={} ×{}", s_arg_name(&s.func), a.value, a.calls))
+                .take(6)
+                .map(|a| arg_text(&s.func, a))
                 .collect();
             let _ = writeln!(o, "      arguments: {}", args.join(", "));
         }
+    }
+    if let Some(cpu) = c.cpu_seconds {
+        let _ = writeln!(
+            o,
+            "  process CPU: {:.2} cores{}",
+            cpu / c.duration_s,
+            c.calls
+                .iter()
+                .find(|s| s.func == "sigprof" && s.calls > 0 && cpu > 0.0)
+                .map(|s| format!(", CPU profiler at about {:.0} Hz", s.calls as f64 / cpu))
+                .unwrap_or_default()
+        );
     }
     let _ = writeln!(o);
 
@@ -97,14 +110,19 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     if !c.pauses.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<30} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            "  {:<34} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6}  caused by",
             "reason", "pauses", "/s", "total", "p50", "p99", "max", "share"
         );
     }
     for p in &c.pauses {
+        let cause = match (&p.api, &p.call_site) {
+            (Some(api), Some(site)) => format!("{api} from {}", site.function),
+            (Some(api), None) => api.clone(),
+            _ => "-".into(),
+        };
         let _ = writeln!(
             o,
-            "  {:<30} {:>8} {:>8.1} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            "  {:<34} {:>7} {:>7.1} {:>10} {:>10} {:>10} {:>10} {:>6}  {cause}",
             p.reason.name,
             p.pauses,
             p.per_second,
@@ -116,6 +134,28 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
         );
     }
     o
+}
+
+fn arg_text(func: &str, a: &crate::collect::ArgCount) -> String {
+    match func {
+        "saveblockevent" => {
+            let (rate, which) = ((a.value as u64) >> 8, a.value as u64 & 0xff);
+            let profile = match which {
+                detector_common::BUCKET_BLOCK => "block rate(ticks)",
+                detector_common::BUCKET_MUTEX => "mutex fraction",
+                _ => "profile",
+            };
+            format!("{profile}={rate} ×{}", a.calls)
+        }
+        "setfinalizer" => format!(
+            "finalizer={} ×{}",
+            a.function
+                .as_deref()
+                .unwrap_or(if a.value == 0 { "nil" } else { "?" }),
+            a.calls
+        ),
+        _ => format!("{}={} ×{}", s_arg_name(func), a.value, a.calls),
+    }
 }
 
 fn s_arg_name(func: &str) -> &'static str {

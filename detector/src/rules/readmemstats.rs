@@ -8,8 +8,10 @@ use crate::collect::{stw::READ_MEM_STATS, Collected};
 pub const RULE: Rule = Rule {
     id: "readmemstats-hot-path",
     catalog_case: 1,
+    title: "runtime.ReadMemStats on a hot path",
     observes:
         "calls to runtime.ReadMemStats by call site, and the pauses with reason \"read mem stats\"",
+    thresholds: &["readmemstats_per_second", "sustained_fraction"],
     judge,
 };
 
@@ -24,7 +26,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         .map(|s| s.calls)
         .sum();
     let rate = user_calls as f64 / c.duration_s;
-    let sustained = active_fraction(&calls.per_tick);
+    let sustained = active_fraction(&calls.user_per_tick);
     if rate < t.readmemstats_per_second || sustained < t.sustained_fraction {
         return vec![];
     }
@@ -76,7 +78,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     vec![Finding {
         rule: RULE.id,
         severity,
-        title: "runtime.ReadMemStats on a hot path".into(),
+        title: RULE.title.into(),
         summary: format!(
             "ReadMemStats {rate:.0}/s{from} stops the world {}: {} of wall time, {} of this process's stop-the-world time",
             if count > 0 { format!("{:.0} times/s", count as f64 / c.duration_s) } else { "on every call".into() },

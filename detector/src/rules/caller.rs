@@ -1,0 +1,74 @@
+//! Catalog case 11: runtime.Caller (and Callers/FuncForPC) on every log line. Each
+//! call unwinds the stack and symbolises a PC through the pclntab (about 1-2 µs).
+//! The standard library's own callers (log with Lshortfile, testing) are not the
+//! user's code and are ignored.
+use super::{
+    active_fraction, cpu_severity, fmt_pct, site_lines, user_calls, Finding, Rule, Thresholds,
+};
+use crate::collect::Collected;
+
+pub const RULE: Rule = Rule {
+    id: "caller-hot-path",
+    catalog_case: 11,
+    title: "runtime.Caller on a hot path",
+    observes:
+        "calls to runtime.Caller, runtime.Callers and runtime.FuncForPC from user code, per second",
+    thresholds: &["caller_per_second", "sustained_fraction"],
+    judge,
+};
+
+/// Rough cost of one call (unwind + pclntab lookup), from the catalog's benchmark.
+const NS_PER_CALL: f64 = 1_500.0;
+
+fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
+    let found: Vec<_> = ["caller", "callers", "funcforpc"]
+        .iter()
+        .filter_map(|f| user_calls(c, f, |_| true))
+        .collect();
+    let rate: f64 = found.iter().map(|u| u.per_second).sum();
+    if rate < t.caller_per_second {
+        return vec![];
+    }
+    let Some(main) = found.iter().max_by_key(|u| u.calls) else {
+        return vec![];
+    };
+    if active_fraction(&main.stats.user_per_tick) < t.sustained_fraction {
+        return vec![];
+    }
+    let site = main.sites.first().cloned();
+    let core = rate * NS_PER_CALL / 1e9;
+    let mut evidence: Vec<String> = found
+        .iter()
+        .map(|u| {
+            format!(
+                "{}: {} calls from user code ({:.0}/s)",
+                u.stats.api, u.calls, u.per_second
+            )
+        })
+        .collect();
+    evidence.extend(site_lines(main.stats, 4));
+    if let Some(cpu) = c.cpu_seconds {
+        evidence.push(format!(
+            "the process used {:.2} CPU-seconds in {:.1} s; the calls cost about {:.3}",
+            cpu,
+            c.duration_s,
+            rate * NS_PER_CALL / 1e9 * c.duration_s
+        ));
+    }
+    vec![Finding {
+        rule: RULE.id,
+        severity: cpu_severity(core),
+        title: RULE.title.into(),
+        summary: format!(
+            "{} {rate:.0}/s{} spends about {} of a core unwinding and symbolising stacks",
+            main.stats.api,
+            site.as_ref().map(|s| format!(" from {}", s.function)).unwrap_or_default(),
+            fmt_pct(core)
+        ),
+        call_site: site,
+        evidence,
+        cost: "each call unwinds the stack and decodes the PC-to-line tables (about 1-2 µs and an allocation), on every log line".into(),
+        fix: "use a constant (or once-computed) file name for ordinary log lines and call runtime.Caller only on the error path; with log/slog enable AddSource only for the error sink".into(),
+        fine_when: "error paths, test helpers that report the failing line, debug builds".into(),
+    }]
+}

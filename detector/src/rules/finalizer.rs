@@ -1,0 +1,114 @@
+//! Catalog cases 3 and 12: runtime.SetFinalizer as a cleanup mechanism, and as a leak
+//! counter. Each finalized object survives an extra GC cycle and its finalizer runs
+//! on one goroutine, late or never. The two are told apart by what the finalizer does:
+//! the probe reads the finalizer's code pointer (the closure in SetFinalizer's second
+//! argument) and user space checks whether that function calls a Close method.
+//! SetFinalizer calls from the standard library (os closes files this way) and calls
+//! that clear a finalizer (nil) are ignored.
+use super::{active_fraction, cpu_severity, fmt_pct, site_lines, Finding, Rule, Thresholds};
+use crate::collect::{CallSite, Collected};
+
+pub const CLEANUP_RULE: Rule = Rule {
+    id: "finalizer-cleanup",
+    catalog_case: 3,
+    title: "runtime.SetFinalizer used to release resources",
+    observes: "SetFinalizer calls from user code per second whose finalizer function calls a Close method (finalizer read from the call's arguments, its calls decoded from the binary)",
+    thresholds: &["finalizer_per_second", "sustained_fraction"],
+    judge: judge_cleanup,
+};
+
+pub const LEAK_RULE: Rule = Rule {
+    id: "finalizer-leak-counter",
+    catalog_case: 12,
+    title: "runtime.SetFinalizer on hot objects to count leaks",
+    observes: "SetFinalizer calls from user code per second whose finalizer does not close anything (counting or logging finalizers)",
+    thresholds: &["finalizer_per_second", "sustained_fraction"],
+    judge: judge_leak,
+};
+
+/// Cost of one finalized object: the special record, the extra GC cycle it survives
+/// and the finalizer goroutine's run (the catalog measures ~2.5 µs more per object).
+const NS_PER_CALL: f64 = 2_500.0;
+
+fn judge_cleanup(c: &Collected, t: &Thresholds) -> Vec<Finding> {
+    judge(c, t, true)
+}
+
+fn judge_leak(c: &Collected, t: &Thresholds) -> Vec<Finding> {
+    judge(c, t, false)
+}
+
+fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
+    let Some(stats) = c.calls_of("setfinalizer") else {
+        return vec![];
+    };
+    // User call sites, keeping only finalizers of the kind this rule is about.
+    let mut sites: Vec<(CallSite, Vec<String>)> = vec![];
+    for s in stats.sites.iter().filter(|s| s.user_code) {
+        let mut n = 0;
+        let mut names = vec![];
+        for a in s.args.iter().filter(|a| a.value != 0) {
+            if a.closes_resource == Some(cleanup) {
+                n += a.calls;
+                names.extend(a.function.clone());
+            }
+        }
+        if n > 0 {
+            sites.push((
+                CallSite {
+                    calls: n,
+                    ..s.clone()
+                },
+                names,
+            ));
+        }
+    }
+    sites.sort_by_key(|(s, _)| std::cmp::Reverse(s.calls));
+    let calls: u64 = sites.iter().map(|(s, _)| s.calls).sum();
+    let rate = calls as f64 / c.duration_s;
+    if rate < t.finalizer_per_second || active_fraction(&stats.user_per_tick) < t.sustained_fraction
+    {
+        return vec![];
+    }
+    let Some((site, finalizers)) = sites.first().cloned() else {
+        return vec![];
+    };
+    let core = rate * NS_PER_CALL / 1e9;
+    let mut evidence = vec![format!(
+        "{calls} SetFinalizer calls from user code in {:.1} s ({rate:.0}/s), finalizer {}",
+        c.duration_s,
+        finalizers.join(", ")
+    )];
+    evidence.extend(site_lines(stats, 4));
+    let rule = if cleanup { &CLEANUP_RULE } else { &LEAK_RULE };
+    let (what, cost, fix, fine) = if cleanup {
+        (
+            "closes a resource",
+            "the resource stays open until a GC finds the object and the single finalizer goroutine gets to it (or never, at exit): descriptors pile up, each object survives an extra GC cycle",
+            "make Close part of the API and `defer x.Close()` at the call site; if you want a safety net, let the finalizer only log that Close was forgotten",
+            "cgo handles whose lifetime cannot be expressed with Close (and even then an explicit Close is preferred)",
+        )
+    } else {
+        (
+            "only counts or logs",
+            "every object with a finalizer survives an extra GC cycle (more heap), finalizers run serially on one goroutine, and the count arrives only after the object is already gone",
+            "count opens and closes with atomic counters and an explicit Close, and find leaks with heap profile diffs (go tool pprof -base old.heap new.heap)",
+            "one-off debugging of whether a specific object is collected, in debug builds",
+        )
+    };
+    vec![Finding {
+        rule: rule.id,
+        severity: cpu_severity(core),
+        title: rule.title.into(),
+        summary: format!(
+            "SetFinalizer {rate:.0}/s from {} with a finalizer that {what}: about {} of a core, plus one extra GC cycle of retention per object",
+            site.function,
+            fmt_pct(core)
+        ),
+        call_site: Some(site),
+        evidence,
+        cost: cost.into(),
+        fix: fix.into(),
+        fine_when: fine.into(),
+    }]
+}

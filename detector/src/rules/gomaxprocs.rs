@@ -1,0 +1,81 @@
+//! Catalog case 8: runtime.GOMAXPROCS(n) recomputed per request. GOMAXPROCS(0) is a
+//! query (the standard library's sync.Pool makes it all the time) and never counts;
+//! n > 0 takes the scheduler lock and, when n differs, stops the world to resize.
+use super::{
+    fmt_ns, fmt_pct, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule, Severity,
+    Thresholds,
+};
+use crate::collect::{stw::GOMAXPROCS, Collected};
+
+pub const RULE: Rule = Rule {
+    id: "gomaxprocs-per-request",
+    catalog_case: 8,
+    title: "runtime.GOMAXPROCS(n) set repeatedly",
+    observes: "calls to runtime.GOMAXPROCS with n > 0 from user code (n is read from RAX), and the pauses with reason \"GOMAXPROCS\"",
+    thresholds: &["gomaxprocs_min_calls"],
+    judge,
+};
+
+fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
+    let Some(u) = user_calls(c, "gomaxprocs", |n| n > 0) else {
+        return vec![];
+    };
+    if u.calls < t.gomaxprocs_min_calls {
+        return vec![];
+    }
+    let p = pauses_with(c, GOMAXPROCS);
+    let (count, total, p99, wall, stw_share) = p
+        .map(|p| (p.pauses, p.total_ns, p.p99_ns, p.wall_share, p.stw_share))
+        .unwrap_or_default();
+    let site = u.sites.first().cloned();
+    let values: Vec<String> = site
+        .iter()
+        .flat_map(|s| s.args.iter().filter(|a| a.value > 0))
+        .map(|a| format!("n={} ×{}", a.value, a.calls))
+        .collect();
+    let mut evidence = vec![format!(
+        "{} calls with n > 0 from user code in {:.1} s ({:.1}/s){}",
+        u.calls,
+        c.duration_s,
+        u.per_second,
+        if values.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", values.join(", "))
+        }
+    )];
+    evidence.extend(site_lines(u.stats, 4));
+    if c.stw_measured {
+        evidence.push(format!(
+            "{count} \"GOMAXPROCS\" pauses (only when n changes), {} stopped, p99 {}",
+            fmt_ns(total),
+            fmt_ns(p99)
+        ));
+    }
+    // Same-value calls only take the scheduler lock; changing values stop the world.
+    let severity = if count > 0 {
+        stw_severity(wall, p99).max(Severity::Medium)
+    } else if u.per_second >= 100.0 {
+        Severity::Medium
+    } else {
+        Severity::Low
+    };
+    vec![Finding {
+        rule: RULE.id,
+        severity,
+        title: RULE.title.into(),
+        summary: format!(
+            "GOMAXPROCS(n > 0) {:.1}/s{}: {} pauses ({} of wall time, {} of stop-the-world time) and the scheduler lock on every call",
+            u.per_second,
+            site.as_ref().map(|s| format!(" from {}", s.function)).unwrap_or_default(),
+            count,
+            fmt_pct(wall),
+            fmt_pct(stw_share)
+        ),
+        call_site: site,
+        evidence,
+        cost: "every call takes the global scheduler lock; a value that differs from the current one stops the world to add or remove Ps".into(),
+        fix: "set GOMAXPROCS once at startup (or rely on the default; Go 1.25+ follows the cgroup CPU limit itself, older releases can use go.uber.org/automaxprocs)".into(),
+        fine_when: "test harnesses that deliberately vary the number of Ps, outside timed regions".into(),
+    }]
+}

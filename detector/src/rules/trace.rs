@@ -1,0 +1,61 @@
+//! Catalog case 10: runtime/trace left on. The tracer's reader (runtime.readTrace0,
+//! or ReadTrace before Go 1.21) runs only while tracing is on, so a trace started at
+//! startup is seen without its Start call. On-demand windows (/debug/pprof/trace)
+//! last seconds; tracing through a whole window longer than `trace_max_window_s`
+//! with no stop is "always on".
+use super::{active_fraction, user_calls, Finding, Rule, Severity, Thresholds};
+use crate::collect::Collected;
+
+pub const RULE: Rule = Rule {
+    id: "trace-always-on",
+    catalog_case: 10,
+    title: "execution tracer always on",
+    observes: "the execution tracer's reader active (runtime.readTrace0 / ReadTrace) in every second of a window longer than an on-demand trace, with no trace.Stop",
+    thresholds: &["trace_max_window_s"],
+    judge,
+};
+
+fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
+    let Some(reader) = c.calls_of("tracereader") else {
+        return vec![];
+    };
+    if c.duration_s < t.trace_max_window_s || reader.calls == 0 {
+        return vec![];
+    }
+    let stopped = c.calls_of("tracestop").is_some_and(|s| s.calls > 0);
+    if stopped || active_fraction(&reader.per_tick) < 1.0 {
+        return vec![];
+    }
+    let start = user_calls(c, "tracestart", |_| true);
+    let site = start.as_ref().and_then(|s| s.sites.first().cloned());
+    let mut evidence = vec![format!(
+        "the tracer's reader ran in every one of the {} seconds watched ({} reads), and trace.Stop was never called",
+        reader.per_tick.len(),
+        reader.calls
+    )];
+    if start.is_none() {
+        evidence.push(
+            "tracing was started before detector attached (no trace.Start in the window)".into(),
+        );
+    }
+    if let Some(cpu) = c.cpu_seconds {
+        evidence.push(format!(
+            "the process used {:.2} cores meanwhile",
+            cpu / c.duration_s
+        ));
+    }
+    vec![Finding {
+        rule: RULE.id,
+        severity: Severity::High,
+        title: RULE.title.into(),
+        summary: format!(
+            "the execution tracer has been on for the whole {:.0} s window with no stop: every goroutine transition, GC and syscall event is recorded and written out",
+            c.duration_s
+        ),
+        call_site: site,
+        evidence,
+        cost: "tracing records every scheduler event into per-P buffers that are flushed and written continuously: up to ~30% throughput and hundreds of MB/s of trace data on busy services".into(),
+        fix: "stop the always-on trace; take 5-10 s traces on demand through net/http/pprof's /debug/pprof/trace?seconds=5 on an authenticated admin port".into(),
+        fine_when: "pre-production load tests and short reproductions of a known bug".into(),
+    }]
+}

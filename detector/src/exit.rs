@@ -18,6 +18,8 @@ pub const TARGET_EXITED: u8 = 8;
 pub const BPF_FAILED: u8 = 9;
 /// Anything else (I/O errors writing output, ...).
 pub const OTHER: u8 = 10;
+/// `watch` could not listen on its address (in use, or not allowed).
+pub const LISTEN_FAILED: u8 = 11;
 
 /// An error that ends the program: a one-line message and its exit code.
 #[derive(Debug)]

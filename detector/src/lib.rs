@@ -3,7 +3,8 @@
 //! The pipeline, one module per stage: `target` (which process, which binary) →
 //! `gobin` (what is in a Go binary) → `probes` (which probe goes where, and attaching
 //! them) → `collect` (kernel maps into facts) → `rules` (facts into findings) →
-//! `report` (text and JSON). `cmd` wires them into the subcommands.
+//! `report` (text and JSON). `cmd` wires them into the subcommands; `watch` runs
+//! the same pipeline host-wide as a daemon with a Prometheus endpoint.
 pub mod cmd;
 pub mod collect;
 pub mod exit;
@@ -12,3 +13,4 @@ pub mod probes;
 pub mod report;
 pub mod rules;
 pub mod target;
+pub mod watch;

@@ -9,7 +9,7 @@ Exit codes:
   0  no findings            1  findings (diagnose)      2  bad command line
   3  no such process        4  not a Go binary          5  not amd64 ELF, or corrupt
   6  unsupported Go version 7  missing privileges       8  target exited mid-run
-  9  kernel refused probes  10 other error";
+  9  kernel refused probes  10 other error            11 watch: cannot listen";
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,33 @@ enum Command {
         /// (same as --set readmemstats_per_second=N).
         #[arg(long)]
         readmemstats_min_rate: Option<f64>,
+    },
+    /// Watch every Go process on the host and serve Prometheus metrics, findings as
+    /// JSON and a health check (a daemon; needs CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).
+    Watch {
+        /// Address of the HTTP endpoint (/metrics, /findings, /healthz). Port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+        /// Only these processes (repeatable).
+        #[arg(long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
+        /// Only executables whose path or file name matches this glob (repeatable).
+        #[arg(long = "exe", value_name = "GLOB")]
+        exe: Vec<String>,
+        /// Never executables matching this glob (repeatable).
+        #[arg(long = "exclude", value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// How often processes are discovered and the kernel maps read.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Rules judge each process over this much of its recent past.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        window: Duration,
+        /// Watch (and export) at most this many processes: bounds the series count.
+        #[arg(long, default_value_t = 100)]
+        max_processes: usize,
+        #[command(flatten)]
+        rules: RuleOptions,
     },
     /// List every rule, what it observes and its thresholds (after --config and --set).
     Rules {
@@ -90,6 +117,29 @@ fn main() -> ExitCode {
                 thresholds: t,
             })
         }),
+        Command::Watch {
+            listen,
+            pids,
+            exe,
+            exclude,
+            interval,
+            window,
+            max_processes,
+            rules,
+        } => cmd::thresholds(rules.config.as_deref(), &rules.sets).and_then(|thresholds| {
+            let filter = detector::watch::discover::Filter::new(pids, &exe, &exclude)
+                .map_err(|e| detector::exit::Failure::new(detector::exit::USAGE, e))?;
+            detector::watch::run(detector::watch::Options {
+                listen,
+                config: detector::watch::agent::Config {
+                    filter,
+                    thresholds,
+                    interval,
+                    window,
+                    max_processes,
+                },
+            })
+        }),
         Command::Rules { rules, format } => cmd::thresholds(rules.config.as_deref(), &rules.sets)
             .and_then(|t| cmd::rules::run(&t, format)),
     };
@@ -116,6 +166,7 @@ mod tests {
             TARGET_EXITED,
             BPF_FAILED,
             OTHER,
+            LISTEN_FAILED,
         ];
         let n = codes.len();
         codes.dedup();

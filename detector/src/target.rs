@@ -3,6 +3,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::gobin::{AnalysisError, GoBinary};
@@ -34,7 +35,8 @@ pub struct Target {
     pub exe_display: String,
     /// Path the kernel and we open: `/proc/PID/exe`.
     pub exe_path: PathBuf,
-    pub binary: GoBinary,
+    /// Shared by every process running the same file (see `watch`).
+    pub binary: Arc<GoBinary>,
     /// Runtime address minus file virtual address (non-zero for PIE).
     pub load_bias: u64,
 }
@@ -58,18 +60,24 @@ impl Target {
             exe: exe_display.clone(),
             source,
         })?;
+        Ok(Target::with_binary(pid, exe_display, Arc::new(binary)))
+    }
+
+    /// A process running an already analysed binary.
+    pub fn with_binary(pid: u32, exe_display: String, binary: Arc<GoBinary>) -> Target {
+        let exe_path = PathBuf::from(format!("/proc/{pid}/exe"));
         let load_bias = if binary.info().pie {
             load_bias(pid, &exe_path).unwrap_or(0)
         } else {
             0
         };
-        Ok(Target {
+        Target {
             pid,
             exe_display,
             exe_path,
             binary,
             load_bias,
-        })
+        }
     }
 
     pub fn alive(&self) -> bool {

@@ -153,3 +153,20 @@ fn target_exits_mid_run() {
     let out = diag.wait_with_output().unwrap();
     expect_error(&out, 8, "exited");
 }
+
+#[test]
+fn watch_port_in_use() {
+    require_bpf_privileges();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = detector(&["watch", "--listen", &addr]);
+    expect_error(&out, 11, "cannot listen on");
+}
+
+#[test]
+fn bad_threshold_override() {
+    let out = detector(&["rules", "--set", "no_such_threshold=3"]);
+    expect_error(&out, 2, "unknown threshold");
+    let out = detector(&["rules", "--set", "caller_per_second=fast"]);
+    expect_error(&out, 2, "not a number");
+}

@@ -59,7 +59,39 @@ pub fn all() -> Result<Tools> {
     for v in GO_VERSIONS {
         go.push(pypi_go(v)?);
     }
+    promtool()?;
     Ok(Tools { bpf_linker_dir, go })
+}
+
+/// Prometheus' `promtool` (Debian package `prometheus`): the watch tests check the
+/// exposition with `promtool check metrics`.
+fn promtool() -> Result<()> {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian's prometheus package (for promtool)");
+    let install = || {
+        run_cmd(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "prometheus",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+        install().context("installing prometheus (promtool) needs root (apt-get)")?;
+    }
+    Ok(())
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -10,7 +10,7 @@ use crate::{
     exit::{self, Failure},
     gobin::AnalysisError,
     probes::{attach, plan},
-    report::{render_diagnosis, Diagnosis, ProbeInfo, TargetInfo},
+    report::{render_diagnosis, Diagnosis, ProbeInfo},
     rules::{self, Thresholds},
     target::{self, Target},
 };
@@ -116,20 +116,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     } else {
         exit::FINDINGS
     };
-    let diagnosis = Diagnosis {
-        detector_version: env!("CARGO_PKG_VERSION"),
-        target: TargetInfo {
-            pid: o.pid,
-            exe: target.exe_display.clone(),
-            go_version: info.go_version_string.clone(),
-            stripped: info.stripped,
-            pie: info.pie,
-            cgo: info.cgo,
-        },
-        probes,
-        findings,
-        collected,
-    };
+    let diagnosis = Diagnosis::new(&target, probes, findings, collected);
     match o.format {
         Format::Text => print!("{}", render_diagnosis(&diagnosis)),
         Format::Json => println!(

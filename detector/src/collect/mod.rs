@@ -177,6 +177,11 @@ fn closes_resource(target: &Target, name: &str) -> bool {
 /// The Go runtime's `cputicks` on amd64 is RDTSC; profile rates are stored in its
 /// ticks. Measured against the monotonic clock over 20 ms (invariant TSC assumed).
 fn ticks_per_second() -> Option<f64> {
+    static MEASURED: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *MEASURED.get_or_init(measure_ticks_per_second)
+}
+
+fn measure_ticks_per_second() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::time::{Duration, Instant};
@@ -207,7 +212,8 @@ fn percentile(s: &StwStats, q: f64) -> u64 {
     s.max_ns
 }
 
-fn reason_of(target: &Target, raw: u64) -> Reason {
+/// The reason of a kernel pause key (reads Go 1.19 reason strings from the binary).
+pub fn reason_of(target: &Target, raw: u64) -> Reason {
     let r = if raw & STW_REASON_STRING_FLAG == 0 {
         stw::from_code(raw as u8)
     } else {

@@ -1,17 +1,21 @@
 //! Loads the eBPF object and attaches a [`Plan`]'s probes with aya. Dropping
 //! [`Attached`] detaches every probe; if the agent dies, the kernel drops them with
 //! its file descriptors, so nothing outlives the process.
-use std::{collections::HashMap, num::NonZeroU32, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    path::Path,
+};
 
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf,
 };
-use detector_common::{errors, CallKey, StwKey, StwStats};
+use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats};
 
 use super::plan::{Plan, Program};
 
@@ -56,10 +60,26 @@ pub fn check_privileges() -> Result<(), ProbeError> {
     })
 }
 
-/// Loaded programs and their live attachments.
-pub struct Attached {
+/// The loaded eBPF object: programs verified and loaded, maps shared by every probe
+/// attached through it. Dropping it detaches everything.
+pub struct Probes {
     ebpf: Ebpf,
-    /// Probes attached, by program.
+}
+
+/// The probes of one plan attached through [`Probes::attach_plan`].
+#[derive(Debug, Default)]
+pub struct AttachedPlan {
+    links: Vec<(Program, UProbeLinkId)>,
+    /// Probes attached.
+    pub attached: usize,
+    /// Probes that failed to attach: (symbol, error).
+    pub failures: Vec<(String, String)>,
+}
+
+/// Loaded programs with one plan attached (what `diagnose` uses).
+pub struct Attached {
+    probes: Probes,
+    /// Probes attached.
     pub attached: usize,
     /// Probes that failed to attach: (symbol, error).
     pub failures: Vec<(String, String)>,
@@ -73,59 +93,161 @@ pub struct Snapshot {
     pub errors: [u64; errors::COUNT as usize],
 }
 
+const PROGRAMS: [Program; 5] = [
+    Program::CountCall,
+    Program::StwReason,
+    Program::StwStart,
+    Program::StwEnd,
+    Program::ForcedGcExit,
+];
+
 /// Loads the object, then attaches every planned probe to `target` (a path the kernel
 /// can open: `/proc/PID/exe` reaches binaries inside containers and deleted ones),
 /// for process `pid` only, or for every process running the file when `pid` is None.
 pub fn attach(plan: &Plan, target: &Path, pid: Option<u32>) -> Result<Attached, ProbeError> {
-    raise_memlock();
-    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(format!("{e:#}")))?;
-    for p in [
-        Program::CountCall,
-        Program::StwReason,
-        Program::StwStart,
-        Program::StwEnd,
-        Program::ForcedGcExit,
-    ] {
-        let prog: &mut UProbe = ebpf
-            .program_mut(p.name())
-            .ok_or_else(|| ProbeError::Load(format!("program {} missing", p.name())))?
-            .try_into()
-            .map_err(|e| ProbeError::Load(format!("{e:#}")))?;
-        prog.load()
-            .map_err(|e| ProbeError::Load(format!("{}: {e:#}", p.name())))?;
+    let mut probes = Probes::load()?;
+    let a = probes.attach_plan(plan, target, pid, 0)?;
+    Ok(Attached {
+        probes,
+        attached: a.attached,
+        failures: a.failures,
+    })
+}
+
+impl Probes {
+    /// Loads and verifies every program (no probe attached yet).
+    pub fn load() -> Result<Probes, ProbeError> {
+        raise_memlock();
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(format!("{e:#}")))?;
+        for p in PROGRAMS {
+            let prog: &mut UProbe = ebpf
+                .program_mut(p.name())
+                .ok_or_else(|| ProbeError::Load(format!("program {} missing", p.name())))?
+                .try_into()
+                .map_err(|e| ProbeError::Load(format!("{e:#}")))?;
+            prog.load()
+                .map_err(|e| ProbeError::Load(format!("{}: {e:#}", p.name())))?;
+        }
+        Ok(Probes { ebpf })
     }
-    let scope = match pid.and_then(NonZeroU32::new) {
-        Some(pid) => UProbeScope::OneProcess(pid),
-        None => UProbeScope::AllProcesses,
-    };
-    let mut attached = 0;
-    let mut failures = Vec::new();
-    for probe in &plan.probes {
-        let prog: &mut UProbe = ebpf
-            .program_mut(probe.program.name())
-            .expect("loaded above")
+
+    fn program(&mut self, p: Program) -> &mut UProbe {
+        self.ebpf
+            .program_mut(p.name())
+            .expect("loaded in Probes::load")
             .try_into()
-            .expect("a uprobe program");
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-            cookie: Some(probe.cookie),
+            .expect("a uprobe program")
+    }
+
+    /// Attaches `plan`'s probes to `target`. Call probes carry `id_base + index` in
+    /// their cookie, so several binaries can share the maps (see `watch`).
+    pub fn attach_plan(
+        &mut self,
+        plan: &Plan,
+        target: &Path,
+        pid: Option<u32>,
+        id_base: u32,
+    ) -> Result<AttachedPlan, ProbeError> {
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
         };
-        match prog.attach(point, target, scope) {
-            Ok(_) => attached += 1,
-            Err(e) => failures.push((probe.symbol.to_string(), format!("{e:#}"))),
+        let mut out = AttachedPlan::default();
+        for probe in &plan.probes {
+            let cookie = if probe.program == Program::CountCall {
+                probe.cookie + id_base as u64
+            } else {
+                probe.cookie
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                cookie: Some(cookie),
+            };
+            match self.program(probe.program).attach(point, target, scope) {
+                Ok(link) => {
+                    out.links.push((probe.program, link));
+                    out.attached += 1;
+                }
+                Err(e) => out
+                    .failures
+                    .push((probe.symbol.to_string(), format!("{e:#}"))),
+            }
+        }
+        if out.attached == 0 && !plan.probes.is_empty() {
+            return Err(ProbeError::NothingAttached {
+                target: target.display().to_string(),
+                first_error: out
+                    .failures
+                    .first()
+                    .map(|f| f.1.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Detaches the probes of one plan.
+    pub fn detach(&mut self, plan: AttachedPlan) {
+        for (p, link) in plan.links {
+            if let Err(e) = self.program(p).detach(link) {
+                log::warn!("detaching a {} probe: {e:#}", p.name());
+            }
         }
     }
-    if attached == 0 && !plan.probes.is_empty() {
-        return Err(ProbeError::NothingAttached {
-            target: target.display().to_string(),
-            first_error: failures.first().map(|f| f.1.clone()).unwrap_or_default(),
-        });
+
+    /// Drops every kernel-side entry of processes that are gone, so the maps do not
+    /// fill up with the dead (pids are reused).
+    pub fn forget(&mut self, gone: &HashSet<u32>) {
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(m) = self.ebpf.map_mut("CALLS") {
+            if let Ok(mut calls) = PerCpuHashMap::<&mut MapData, CallKey, u64>::try_from(m) {
+                let dead: Vec<CallKey> = calls
+                    .keys()
+                    .map_while(Result::ok)
+                    .filter(|k| gone.contains(&k.tgid))
+                    .collect();
+                for k in dead {
+                    let _ = calls.remove(&k);
+                }
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("STW") {
+            if let Ok(mut stw) = PerCpuHashMap::<&mut MapData, StwKey, StwStats>::try_from(m) {
+                let dead: Vec<StwKey> = stw
+                    .keys()
+                    .map_while(Result::ok)
+                    .filter(|k| gone.contains(&k.tgid))
+                    .collect();
+                for k in dead {
+                    let _ = stw.remove(&k);
+                }
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("STW_OPEN") {
+            if let Ok(mut h) = aya::maps::HashMap::<&mut MapData, u32, StwOpen>::try_from(m) {
+                for pid in gone {
+                    let _ = h.remove(pid);
+                }
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("FORCED_GC") {
+            if let Ok(mut h) = aya::maps::HashMap::<&mut MapData, u32, u64>::try_from(m) {
+                for pid in gone {
+                    let _ = h.remove(pid);
+                }
+            }
+        }
     }
-    Ok(Attached {
-        ebpf,
-        attached,
-        failures,
-    })
+}
+
+/// Ids of every eBPF program loaded in the kernel right now (all processes).
+pub fn loaded_program_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
 }
 
 /// RLIMIT_MEMLOCK only matters on kernels that charge BPF memory to it (before 5.11);
@@ -177,17 +299,24 @@ impl Snapshot {
 impl Attached {
     /// Reads every map, summing the per-CPU slots.
     pub fn snapshot(&self) -> Snapshot {
+        self.probes.snapshot()
+    }
+}
+
+impl Probes {
+    /// Reads every map, summing the per-CPU slots.
+    pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
         if let Some(m) = self.ebpf.map("CALLS") {
             if let Ok(calls) = PerCpuHashMap::<&MapData, CallKey, u64>::try_from(m) {
-                for (k, v) in calls.iter().flatten() {
+                for (k, v) in calls.iter().map_while(Result::ok) {
                     snap.calls.insert(k, v.iter().sum());
                 }
             }
         }
         if let Some(m) = self.ebpf.map("STW") {
             if let Ok(stw) = PerCpuHashMap::<&MapData, StwKey, StwStats>::try_from(m) {
-                for (k, per_cpu) in stw.iter().flatten() {
+                for (k, per_cpu) in stw.iter().map_while(Result::ok) {
                     let mut total = StwStats::ZERO;
                     for s in per_cpu.iter() {
                         total.merge(s);

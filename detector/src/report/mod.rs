@@ -33,6 +33,32 @@ pub struct Diagnosis {
     pub collected: Collected,
 }
 
+impl Diagnosis {
+    /// The report for `target` from what was collected and judged.
+    pub fn new(
+        target: &crate::target::Target,
+        probes: ProbeInfo,
+        findings: Vec<Finding>,
+        collected: Collected,
+    ) -> Diagnosis {
+        let info = target.binary.info();
+        Diagnosis {
+            detector_version: env!("CARGO_PKG_VERSION"),
+            target: TargetInfo {
+                pid: target.pid,
+                exe: target.exe_display.clone(),
+                go_version: info.go_version_string.clone(),
+                stripped: info.stripped,
+                pie: info.pie,
+                cgo: info.cgo,
+            },
+            probes,
+            findings,
+            collected,
+        }
+    }
+}
+
 /// One runtime function as found in a binary by `inspect`.
 #[derive(Clone, Debug, Serialize)]
 pub struct FunctionReport {

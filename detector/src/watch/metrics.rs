@@ -1,0 +1,327 @@
+//! The Prometheus exposition, built at scrape time from the last tick's state with
+//! prometheus-client. Names carry units and `_total`; every per-process series is
+//! labelled by `pid` only (join `detector_process_info` for exe, Go version and
+//! container), so a process costs a bounded number of series: one per probed
+//! function called, one histogram per pause reason seen, one per active finding.
+use std::sync::{Arc, Mutex};
+
+use detector_common::StwStats;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+
+use super::agent::Exported;
+
+/// Kernel log2 buckets exported: from 2^10 ns (pauses below ~1 µs are folded into the
+/// first bucket) up to 2^34 ns (~17 s; longer ones only in +Inf).
+const FIRST_BUCKET: usize = 10;
+const LAST_BUCKET: usize = 34;
+
+#[derive(Debug)]
+struct StateCollector(Arc<Mutex<Exported>>);
+
+type Labels = Vec<(&'static str, String)>;
+
+fn pid(p: u32) -> Labels {
+    vec![("pid", p.to_string())]
+}
+
+/// (upper bound in seconds, count in this bucket) from a log2 histogram, two kernel
+/// buckets per exported bucket (bounds ×4: 4 µs, 16 µs, ... 17 s, +Inf): 13 series
+/// per reason instead of 26, still fine enough for p99s.
+fn buckets(s: &StwStats) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity((LAST_BUCKET - FIRST_BUCKET) / 2 + 2);
+    let below: u64 = s.hist.iter().take(FIRST_BUCKET).sum();
+    let mut i = FIRST_BUCKET;
+    while i < LAST_BUCKET {
+        // Kernel buckets i and i+1 hold [2^i, 2^(i+2)) ns.
+        let n = s.hist[i] + s.hist[i + 1] + if i == FIRST_BUCKET { below } else { 0 };
+        out.push(((1u64 << (i + 2)) as f64 / 1e9, n));
+        i += 2;
+    }
+    // Every histogram ends with +Inf (the longer pauses land only there).
+    let beyond: u64 = s.hist.iter().skip(LAST_BUCKET).sum();
+    out.push((f64::INFINITY, beyond));
+    out
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let procs = &state.processes;
+
+        let mut m = enc.encode_descriptor(
+            "detector_process_info",
+            "A watched Go process (value 1): join on pid for exe, Go version and container",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in procs {
+            let labels: Labels = vec![
+                ("pid", p.pid.to_string()),
+                ("exe", p.exe.clone()),
+                ("go_version", p.go_version.clone()),
+                ("container_id", p.container_id.clone()),
+            ];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "detector_runtime_calls",
+            "Calls to probed Go runtime functions (and runtime activity: sigprof, saveblockevent, ...) by catalog function id, since attach",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in procs {
+            for (func, n) in &p.calls {
+                let mut l = pid(p.pid);
+                l.push(("function", func.clone()));
+                ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "detector_stw_pause_seconds",
+            "Stop-the-world pauses by reason (forced_gc_* = inside runtime.GC), since attach",
+            None,
+            MetricType::Histogram,
+        )?;
+        for p in procs {
+            for (reason, s) in &p.pauses {
+                let mut l = pid(p.pid);
+                l.push(("reason", reason.clone()));
+                m.encode_family(&l)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        s.total_ns as f64 / 1e9,
+                        s.count,
+                        &buckets(s),
+                        None,
+                    )?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "detector_finding_active",
+            "A rule's finding on a process (value 1 while it holds over the rolling window)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in procs {
+            for (rule, sev) in &p.findings {
+                let mut l = pid(p.pid);
+                l.push(("rule", rule.clone()));
+                l.push(("severity", sev.label().to_ascii_lowercase()));
+                ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "detector_stopped_ratio",
+            "Share of wall time the process was stopped over the rolling window",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in procs {
+            ConstGauge::new(p.diagnosis.collected.stopped_share)
+                .encode(m.encode_family(&pid(p.pid))?)?;
+        }
+
+        // Self-metrics: the agent's own work and cost.
+        let s = &state.stats;
+        let no_labels: Labels = vec![];
+        let counters: [(&str, &str, u64); 3] = [
+            (
+                "detector_probe_hits",
+                "Uprobe hits counted in the kernel maps (calls and pauses), for the watched processes",
+                s.probe_hits,
+            ),
+            (
+                "detector_attach_errors",
+                "Probes or binaries that could not be attached",
+                s.attach_errors,
+            ),
+            (
+                "detector_binaries_analysed",
+                "Distinct binaries (device + inode) analysed",
+                s.binaries_analysed,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(m.encode_family(&no_labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "detector_binary_analysis_seconds",
+            "Time spent analysing binaries (ELF, pclntab, prologues, inline trees)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.analysis_seconds).encode(m.encode_family(&no_labels)?)?;
+        let gauges: [(&str, &str, i64); 4] = [
+            (
+                "detector_probes_attached",
+                "Uprobes attached",
+                s.probes_attached as i64,
+            ),
+            (
+                "detector_binaries_attached",
+                "Distinct binaries with probes attached",
+                s.binaries_attached as i64,
+            ),
+            (
+                "detector_processes_watched",
+                "Go processes watched",
+                s.processes_watched as i64,
+            ),
+            (
+                "detector_processes_over_limit",
+                "Go processes not watched because of --max-processes",
+                s.processes_over_limit as i64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(v).encode(m.encode_family(&no_labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "detector_tick_duration_seconds",
+            "Duration of the last collection tick (scan, map read, judge)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.last_tick_seconds).encode(m.encode_family(&no_labels)?)?;
+        let mut m = enc.encode_descriptor(
+            "detector_ticks",
+            "Collection ticks done since start",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.ticks).encode(m.encode_family(&no_labels)?)?;
+        let mut m = enc.encode_descriptor(
+            "detector_kernel_errors",
+            "Kernel-side updates lost, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        const KINDS: [&str; 5] = [
+            "call_map_full",
+            "stw_map_full",
+            "stw_end_without_start",
+            "read_caller_failed",
+            "forced_gc_map_full",
+        ];
+        for (kind, n) in KINDS.iter().zip(s.kernel_errors.iter()) {
+            let l: Labels = vec![("kind", kind.to_string())];
+            ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
+        }
+        if let Some((cpu, rss)) = own_usage() {
+            let mut m = enc.encode_descriptor(
+                "detector_cpu_seconds",
+                "CPU time used by detector itself (user + system)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(m.encode_family(&no_labels)?)?;
+            let mut m = enc.encode_descriptor(
+                "detector_resident_memory_bytes",
+                "Resident memory of detector itself",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(rss as i64).encode(m.encode_family(&no_labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// detector's own CPU seconds and resident bytes.
+fn own_usage() -> Option<(f64, u64)> {
+    let cpu = crate::target::cpu_seconds(std::process::id())?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((cpu, kb * 1024))
+}
+
+/// Prometheus text format 0.0.4 from prometheus-client's OpenMetrics text: counter
+/// families are named with their `_total` suffix in HELP/TYPE (as the 0.0.4 parsers,
+/// promtool included, expect), and the OpenMetrics-only `# UNIT`/`# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let renamed = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = help.take() {
+                let text = h.strip_prefix("# HELP ").and_then(|h| h.split_once(' '));
+                out.push_str(&format!("# HELP {renamed} {}\n", text.map_or("", |t| t.1)));
+            }
+            out.push_str(&format!("# TYPE {renamed} {kind}\n"));
+            continue;
+        }
+        if let Some(h) = help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The registry served at /metrics.
+pub fn registry(state: Arc<Mutex<Exported>>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(StateCollector(state)));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_counters_become_text_format_counters() {
+        let om = "# HELP a_calls Calls.\n# TYPE a_calls counter\na_calls_total{pid=\"1\"} 3\n# HELP b Gauge.\n# TYPE b gauge\n# UNIT b seconds\nb 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_calls_total Calls.\n# TYPE a_calls_total counter\na_calls_total{pid=\"1\"} 3\n# HELP b Gauge.\n# TYPE b gauge\nb 1\n"
+        );
+    }
+
+    #[test]
+    fn log2_buckets_become_seconds() {
+        let mut s = StwStats::ZERO;
+        s.hist[3] = 2; // 8-16 ns: folded into the first bucket
+        s.hist[10] = 1;
+        s.hist[11] = 5;
+        s.hist[20] = 4;
+        s.hist[36] = 7; // ~69 s: only in +Inf
+        let b = buckets(&s);
+        assert_eq!(b[0], (4096.0 / 1e9, 8));
+        assert_eq!(b.len(), 13);
+        assert_eq!(b[5], ((1u64 << 22) as f64 / 1e9, 4));
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 7)));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 2 + 1 + 5 + 4 + 7);
+    }
+}

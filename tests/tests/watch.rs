@@ -1,0 +1,376 @@
+//! `detector watch` end to end, as root with real eBPF: the daemon, real fixture
+//! processes (one misusing ReadMemStats, two healthy, one of them stripped, from
+//! three Go versions), a real HTTP client, Prometheus' own `promtool check metrics`
+//! and an exposition-format parser.
+//!
+//! Checks: discovery of running processes and of new ones (latency printed), the
+//! finding, the call counters and the pause histogram of the misusing process, none
+//! for the healthy ones, /findings and /healthz, series gone when a process exits,
+//! and SIGTERM: exit 0 with no eBPF program of detector left in the kernel.
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use detector_tests::{detector_bin, require_bpf_privileges, version_dir};
+
+/// Documented in README ("watch"): a new process is watched within this delay
+/// (a scan interval plus the analysis and attach of its binary).
+const DISCOVERY_BUDGET: Duration = Duration::from_secs(10);
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn service(minor: u32, kind: &str, misuse: &str) -> Proc {
+    let bin = version_dir("service", minor).join(kind).join("service");
+    Proc(
+        Command::new(&bin)
+            .args(["-misuse", misuse, "-rate", "200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display())),
+    )
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the exposition parses")
+}
+
+fn pids_in(scrape: &prometheus_parse::Scrape, metric: &str) -> BTreeSet<u32> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter_map(|s| s.labels.get("pid").and_then(|p| p.parse().ok()))
+        .collect()
+}
+
+/// Scrapes until `pid` is a watched process; the time it took.
+fn wait_watched(addr: &str, pid: u32, since: Instant) -> Duration {
+    loop {
+        let (_, body) = get(addr, "/metrics");
+        if pids_in(&parse(&body), "detector_process_info").contains(&pid) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < DISCOVERY_BUDGET,
+            "process {pid} not watched after {:?}",
+            DISCOVERY_BUDGET
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = child.unwrap_or_else(|e| {
+        panic!("promtool not found ({e}): `cargo xtask setup` installs it (Debian package `prometheus`)")
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn watch_exports_processes_findings_and_detaches_on_sigterm() {
+    require_bpf_privileges();
+    // The kernel reports canonical executable paths.
+    let fixtures = version_dir("service", 27)
+        .canonicalize()
+        .expect("fixture directory");
+    let fixtures_glob = format!(
+        "{}/*/*/service",
+        fixtures.parent().expect("fixtures root").display()
+    );
+    // Healthy processes started before watch: found by the first scan.
+    let healthy = service(21, "default", "none");
+    let stripped = service(19, "stripped", "none");
+
+    let (mut watch, addr) = start_watch(&fixtures_glob);
+
+    let t0 = Instant::now();
+    let at_start =
+        wait_watched(&addr, healthy.0.id(), t0).max(wait_watched(&addr, stripped.0.id(), t0));
+    // A new process, started while watch runs.
+    let t1 = Instant::now();
+    let misuse = service(27, "default", "readmemstats");
+    let new_latency = wait_watched(&addr, misuse.0.id(), t1);
+    println!(
+        "discovery: running processes in {:.2} s, a new process in {:.2} s",
+        at_start.as_secs_f64(),
+        new_latency.as_secs_f64()
+    );
+
+    // Let the rolling window fill (rules need sustained activity).
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, body) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    promtool_check(&body);
+    let scrape = parse(&body);
+    let m = misuse.0.id().to_string();
+    let series = |pid: &str| {
+        body.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("pid=\"{pid}\"")))
+            .count()
+    };
+    println!(
+        "scrape: {} bytes, {} lines; series for the misusing process: {}, for a healthy one: {}",
+        body.len(),
+        body.lines().count(),
+        series(&m),
+        series(&healthy.0.id().to_string())
+    );
+
+    let finding = |pid: &str, rule: &str| {
+        scrape.samples.iter().any(|s| {
+            s.metric == "detector_finding_active"
+                && s.labels.get("pid") == Some(pid)
+                && s.labels.get("rule") == Some(rule)
+        })
+    };
+    assert!(finding(&m, "readmemstats-hot-path"), "{body}");
+    for quiet in [&healthy, &stripped] {
+        assert!(
+            !pids_in(&scrape, "detector_finding_active").contains(&quiet.0.id()),
+            "a healthy process has a finding:\n{body}"
+        );
+    }
+    let calls = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "detector_runtime_calls_total"
+                && s.labels.get("pid") == Some(m.as_str())
+                && s.labels.get("function") == Some("readmemstats")
+        })
+        .expect("ReadMemStats counter of the misusing process");
+    match calls.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => {
+            assert!(v >= 200.0, "only {v} ReadMemStats calls counted")
+        }
+        ref other => panic!("counter expected, got {other:?}"),
+    }
+    let hist = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "detector_stw_pause_seconds"
+                && s.labels.get("pid") == Some(m.as_str())
+                && s.labels.get("reason") == Some("read_mem_stats")
+        })
+        .expect("pause histogram of the misusing process");
+    let prometheus_parse::Value::Histogram(buckets) = &hist.value else {
+        panic!("histogram expected, got {:?}", hist.value);
+    };
+    let total = buckets
+        .iter()
+        .find(|b| b.less_than.is_infinite())
+        .map_or(0.0, |b| b.count);
+    assert!(total >= 200.0, "{total} read mem stats pauses");
+    let info = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "detector_process_info"
+                && s.labels.get("pid") == Some(stripped.0.id().to_string().as_str())
+        })
+        .expect("info of the stripped process");
+    assert_eq!(info.labels.get("go_version"), Some("go1.19.8"));
+
+    let (status, findings) = get(&addr, "/findings");
+    assert_eq!(status, 200);
+    let reports: serde_json::Value = serde_json::from_str(&findings).expect("JSON");
+    let mine = reports
+        .as_array()
+        .expect("an array of reports")
+        .iter()
+        .find(|r| r["target"]["pid"].as_u64() == Some(misuse.0.id() as u64))
+        .expect("a report for the misusing process");
+    assert_eq!(mine["findings"][0]["rule"], "readmemstats-hot-path");
+    assert_eq!(get(&addr, "/healthz").0, 200);
+
+    // A process that exits: its series go at the next tick.
+    let gone = misuse.0.id();
+    drop(misuse);
+    let t2 = Instant::now();
+    loop {
+        let (_, body) = get(&addr, "/metrics");
+        if !body.contains(&format!("pid=\"{gone}\"")) {
+            break;
+        }
+        assert!(
+            t2.elapsed() < Duration::from_secs(5),
+            "series of exited process {gone} still exported"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "exit: series dropped after {:.2} s",
+        t2.elapsed().as_secs_f64()
+    );
+
+    // SIGTERM: clean exit, nothing left in the kernel. The programs detector holds
+    // are read from its descriptors first (other tools may load programs meanwhile);
+    // an uprobe keeps its program loaded, so no program left means no probe left.
+    let ours = program_ids_of(watch.id());
+    assert!(ours.len() >= 5, "watch holds {} eBPF programs", ours.len());
+    unsafe { libc_kill(watch.id() as i32, 15) };
+    let t3 = Instant::now();
+    let status = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t3.elapsed() < Duration::from_secs(20),
+            "watch ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "watch exited with {status}");
+    println!(
+        "shutdown: exit 0 {:.2} s after SIGTERM",
+        t3.elapsed().as_secs_f64()
+    );
+    // The kernel frees programs after their last reference goes (RCU): give it a moment.
+    let t4 = Instant::now();
+    loop {
+        let loaded: BTreeSet<u32> = detector::probes::attach::loaded_program_ids()
+            .into_iter()
+            .collect();
+        let left: Vec<_> = ours.intersection(&loaded).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t4.elapsed() < Duration::from_secs(5),
+            "eBPF programs {left:?} of detector still loaded after it exited"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A restart finds the same processes again.
+    let (mut again, addr) = start_watch(&fixtures_glob);
+    let t5 = Instant::now();
+    wait_watched(&addr, healthy.0.id(), t5);
+    wait_watched(&addr, stripped.0.id(), t5);
+    unsafe { libc_kill(again.id() as i32, 15) };
+    assert!(again.wait().unwrap().success());
+}
+
+/// Starts `detector watch` on a free port for the fixtures matching `glob`.
+fn start_watch(glob: &str) -> (Child, String) {
+    let mut watch = Command::new(detector_bin())
+        .args(["watch", "--listen", "127.0.0.1:0", "--interval", "500ms"])
+        .args(["--window", "10s", "--exe", glob])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start detector watch");
+    let stderr = watch.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split("http://")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .map(str::to_string)
+        })
+        .expect("watch prints the address it serves");
+    std::thread::spawn(move || for _ in lines {});
+    (watch, addr)
+}
+
+/// The eBPF program ids a process holds, from its descriptors' fdinfo.
+fn program_ids_of(pid: u32) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        if let Ok(info) = std::fs::read_to_string(e.path()) {
+            for line in info.lines() {
+                if let Some(id) = line.strip_prefix("prog_id:") {
+                    if let Ok(id) = id.trim().parse() {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

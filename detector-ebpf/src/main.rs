@@ -37,8 +37,11 @@ use detector_common::{
 #[map]
 static CALLS: PerCpuHashMap<CallKey, u64> = PerCpuHashMap::with_max_entries(MAX_CALL_KEYS, 0);
 
+/// Shared, not per-CPU: a process's pauses are serialised (worldsema), so only one CPU
+/// at a time updates a key, and a per-CPU copy of the histograms would cost
+/// ~350 bytes × keys × CPUs of kernel memory for nothing.
 #[map]
-static STW: PerCpuHashMap<StwKey, StwStats> = PerCpuHashMap::with_max_entries(MAX_STW_KEYS, 0);
+static STW: HashMap<StwKey, StwStats> = HashMap::with_max_entries(MAX_STW_KEYS, 0);
 
 /// One pause in flight per process: stop-the-world is serialised by worldsema.
 #[map]

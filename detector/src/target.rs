@@ -39,6 +39,8 @@ pub struct Target {
     pub binary: Arc<GoBinary>,
     /// Runtime address minus file virtual address (non-zero for PIE).
     pub load_bias: u64,
+    /// File virtual address of `runtime.prof.hz` (the CPU profiling rate in effect).
+    pub cpu_profile_hz_addr: Option<u64>,
 }
 
 impl Target {
@@ -75,9 +77,28 @@ impl Target {
             pid,
             exe_display,
             exe_path,
+            cpu_profile_hz_addr: binary.cpu_profile_hz_addr(),
             binary,
             load_bias,
         }
+    }
+
+    /// Reads `len` bytes of the live process at file virtual address `vaddr`
+    /// (through /proc/PID/mem: needs the same privileges as attaching).
+    pub fn read_memory(&self, vaddr: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(format!("/proc/{}/mem", self.pid)).ok()?;
+        let mut buf = vec![0; len];
+        f.read_exact_at(&mut buf, vaddr.wrapping_add(self.load_bias))
+            .ok()?;
+        Some(buf)
+    }
+
+    /// The CPU profiling rate in effect right now (`runtime.prof.hz`; 0 when no CPU
+    /// profile runs), read from the process's memory.
+    pub fn cpu_profile_hz(&self) -> Option<i32> {
+        let b = self.read_memory(self.cpu_profile_hz_addr?, 4)?;
+        Some(i32::from_le_bytes(b.try_into().ok()?))
     }
 
     pub fn alive(&self) -> bool {

@@ -37,6 +37,18 @@ fn read_nm(path: &Path) -> HashMap<String, Vec<u64>> {
     map
 }
 
+/// Address of a data symbol (D/d/B/b) in a `go tool nm` listing.
+fn nm_data_symbol(path: &Path, name: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let (addr, kind, sym) = (parts.next()?, parts.next()?, parts.next()?);
+        (matches!(kind, "D" | "d" | "B" | "b") && sym == name)
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+    })
+}
+
 /// The `Presence::Symbol` rows of `detector::probes::catalog::runtime_functions` for
 /// `v` (copied until the catalog is public), plus the stop-the-world functions.
 /// The bool is the catalog's `nosplit` flag.
@@ -151,6 +163,23 @@ fn check_fixture(version: GoVersion, dir_name: &str, dir: &Path, kind: &str) -> 
             nm.get("runtime.text"),
             Some(&vec![info.text_start]),
             "{what}: text base"
+        );
+    }
+
+    // runtime.prof.hz, found in setcpuprofilerate's code, is runtime.prof + 4.
+    let prof = nm_data_symbol(
+        &dir.join(nm_kind).join(format!("{FIXTURE}.nm")),
+        "runtime.prof",
+    );
+    // Stripped builds lay data out differently (no nm to compare with): found is enough
+    // here; the live read is checked end to end (the accuracy suite's CPU profile case).
+    if kind == "stripped" {
+        assert!(bin.cpu_profile_hz_addr().is_some(), "{what}: runtime.prof.hz");
+    } else {
+        assert_eq!(
+            bin.cpu_profile_hz_addr(),
+            prof.map(|a| a + 4),
+            "{what}: runtime.prof.hz address (runtime.prof at {prof:x?})"
         );
     }
 

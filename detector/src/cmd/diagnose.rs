@@ -94,6 +94,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
                 cpu_s: cpu_start
                     .zip(target::cpu_seconds(o.pid))
                     .map(|(a, b)| (b - a).max(0.0)),
+                cpu_profile_hz: target.cpu_profile_hz(),
             });
             next_tick += TICK;
         }

@@ -25,6 +25,8 @@ pub struct Sample {
     pub snap: Snapshot,
     /// CPU seconds the target used since the window started, when readable.
     pub cpu_s: Option<f64>,
+    /// The CPU profiling rate in effect at this tick (`runtime.prof.hz`), when readable.
+    pub cpu_profile_hz: Option<i32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -107,6 +109,10 @@ pub struct Collected {
     pub cpu_seconds: Option<f64>,
     /// Rate of the CPU tick counter the Go runtime uses for profile rates (RDTSC).
     pub ticks_per_second: Option<f64>,
+    /// Highest CPU profiling rate in effect at any tick (read from process memory:
+    /// `runtime.prof.hz`), and in how many ticks profiling was on.
+    pub cpu_profile_hz_max: Option<i32>,
+    pub cpu_profile_on_ticks: usize,
 }
 
 impl Collected {
@@ -400,6 +406,11 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
         kernel_errors: last.errors.to_vec(),
         cpu_seconds: samples.last().and_then(|s| s.cpu_s),
         ticks_per_second: ticks_per_second(),
+        cpu_profile_hz_max: samples.iter().filter_map(|s| s.cpu_profile_hz).max(),
+        cpu_profile_on_ticks: samples
+            .iter()
+            .filter(|s| s.cpu_profile_hz.is_some_and(|hz| hz > 0))
+            .count(),
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 
 mod buildinfo;
 mod elf;
+mod globals;
 mod inline;
 mod pclntab;
 mod prologue;

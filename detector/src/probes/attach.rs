@@ -214,7 +214,7 @@ impl Probes {
             }
         }
         if let Some(m) = self.ebpf.map_mut("STW") {
-            if let Ok(mut stw) = PerCpuHashMap::<&mut MapData, StwKey, StwStats>::try_from(m) {
+            if let Ok(mut stw) = aya::maps::HashMap::<&mut MapData, StwKey, StwStats>::try_from(m) {
                 let dead: Vec<StwKey> = stw
                     .keys()
                     .map_while(Result::ok)
@@ -315,13 +315,9 @@ impl Probes {
             }
         }
         if let Some(m) = self.ebpf.map("STW") {
-            if let Ok(stw) = PerCpuHashMap::<&MapData, StwKey, StwStats>::try_from(m) {
-                for (k, per_cpu) in stw.iter().map_while(Result::ok) {
-                    let mut total = StwStats::ZERO;
-                    for s in per_cpu.iter() {
-                        total.merge(s);
-                    }
-                    snap.stw.insert(k, total);
+            if let Ok(stw) = aya::maps::HashMap::<&MapData, StwKey, StwStats>::try_from(m) {
+                for (k, s) in stw.iter().map_while(Result::ok) {
+                    snap.stw.insert(k, s);
                 }
             }
         }

@@ -86,11 +86,17 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
             o,
             "  process CPU: {:.2} cores{}",
             cpu / c.duration_s,
-            c.calls
-                .iter()
-                .find(|s| s.func == "sigprof" && s.calls > 0 && cpu > 0.0)
-                .map(|s| format!(", CPU profiler at about {:.0} Hz", s.calls as f64 / cpu))
-                .unwrap_or_default()
+            match (
+                c.cpu_profile_hz_max,
+                c.calls.iter().find(|s| s.func == "sigprof")
+            ) {
+                (Some(hz), _) if hz > 0 => format!(", CPU profiler at {hz} Hz"),
+                (_, Some(s)) if s.calls > 0 && cpu > 0.0 => format!(
+                    ", {:.0} CPU profile samples per CPU-second",
+                    s.calls as f64 / cpu
+                ),
+                _ => String::new(),
+            }
         );
     }
     let _ = writeln!(o);

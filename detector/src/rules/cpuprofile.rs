@@ -14,7 +14,7 @@ pub const RATE_RULE: Rule = Rule {
     id: "cpu-profile-rate-high",
     catalog_case: 4,
     title: "CPU profiler running above the default 100 Hz",
-    observes: "SIGPROF handler runs (runtime.sigprof) per CPU-second of the process = the profiling rate in effect, and SetCPUProfileRate(hz) calls",
+    observes: "the profiling rate in effect read from the process's memory (runtime.prof.hz, located in setcpuprofilerate's code), SetCPUProfileRate(hz) calls, and SIGPROF handler runs (runtime.sigprof) per CPU-second",
     thresholds: &["cpu_profile_max_hz"],
     judge: judge_rate,
 };
@@ -46,11 +46,20 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         hz as f64 > t.cpu_profile_max_hz
     });
     let est = estimated_hz(c);
-    let high_est = est.filter(|hz| *hz > t.cpu_profile_max_hz);
-    if set.is_none() && high_est.is_none() {
+    // The setting itself, from memory: exact, and there even if set at startup.
+    let in_memory = c
+        .cpu_profile_hz_max
+        .filter(|hz| *hz as f64 > t.cpu_profile_max_hz)
+        .map(f64::from);
+    // Without the setting's address, the sample rate is the fallback; the kernel
+    // fires per-thread CPU timers at most once per scheduler tick, so it is a lower
+    // bound of the setting; 2.5x the threshold leaves room for its noise.
+    let high_est =
+        est.filter(|hz| c.cpu_profile_hz_max.is_none() && *hz > 2.5 * t.cpu_profile_max_hz);
+    if set.is_none() && high_est.is_none() && in_memory.is_none() {
         return vec![];
     }
-    let hz = high_est.or_else(|| {
+    let hz = in_memory.or(high_est).or_else(|| {
         set.as_ref()
             .and_then(|s| s.sites.first())
             .and_then(|s| s.args.iter().map(|a| a.value as f64).reduce(f64::max))
@@ -58,9 +67,16 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let sigs_per_s = c.calls_of("sigprof").map_or(0.0, |s| s.per_second);
     let core = sigs_per_s * NS_PER_SAMPLE / 1e9;
     let mut evidence = vec![];
+    if let Some(hz) = in_memory {
+        evidence.push(format!(
+            "runtime.prof.hz = {hz:.0} in the process's memory, profiling on in {} of {} ticks",
+            c.cpu_profile_on_ticks,
+            c.calls_of("sigprof").map_or(0, |s| s.per_tick.len())
+        ));
+    }
     if let (Some(e), Some(cpu)) = (est, c.cpu_seconds) {
         evidence.push(format!(
-            "{:.0} SIGPROF samples/s while the process used {:.2} cores: about {e:.0} Hz in effect",
+            "{:.0} SIGPROF samples/s while the process used {:.2} cores: {e:.0} samples per CPU-second (the kernel caps per-thread CPU timers at its tick rate)",
             sigs_per_s,
             cpu / c.duration_s
         ));
@@ -78,7 +94,7 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         severity: cpu_severity(core).max(Severity::Medium),
         title: RATE_RULE.title.into(),
         summary: format!(
-            "CPU profiling at about {} Hz ({}x the default): {:.0} samples/s cost about {} of a core",
+            "CPU profiling at {} Hz ({}x the default): {:.0} samples/s cost about {} of a core",
             hz.map_or("?".into(), |h| format!("{h:.0}")),
             hz.map_or("?".into(), |h| format!("{:.0}", h / 100.0)),
             sigs_per_s,

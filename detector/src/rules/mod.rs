@@ -70,7 +70,7 @@ pub struct Thresholds {
     pub caller_per_second: f64,
     /// SetFinalizer calls per second from user code.
     pub finalizer_per_second: f64,
-    /// Highest CPU profiling rate (Hz) that is not a finding (the default is 100).
+    /// Highest CPU profiling rate (Hz) that is not a finding: the runtime's default.
     pub cpu_profile_max_hz: f64,
     /// A CPU profile running continuously for longer than this (seconds) is unbounded.
     pub cpu_profile_max_window_s: f64,
@@ -97,7 +97,7 @@ impl Default for Thresholds {
             gomaxprocs_min_calls: 2,
             caller_per_second: 1000.0,
             finalizer_per_second: 10.0,
-            cpu_profile_max_hz: 250.0,
+            cpu_profile_max_hz: 100.0,
             cpu_profile_max_window_s: 30.0,
             block_profile_min_rate_ns: 1000.0,
             mutex_profile_min_fraction: 5.0,

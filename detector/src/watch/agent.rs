@@ -96,8 +96,9 @@ struct Watched {
     key: BinaryKey,
     target: Target,
     container_id: String,
-    /// (when, cumulative snapshot of this process, CPU seconds), oldest first.
-    samples: VecDeque<(Instant, Snapshot, Option<f64>)>,
+    /// (when, cumulative snapshot of this process, CPU seconds, CPU profile Hz),
+    /// oldest first.
+    samples: VecDeque<(Instant, Snapshot, Option<f64>, Option<i32>)>,
 }
 
 pub struct Agent {
@@ -155,7 +156,12 @@ impl Agent {
                 continue;
             };
             let own = own_snapshot(&snap, *pid, b.id_base, b.plan.call_probes.len() as u32);
-            w.samples.push_back((now, own, target::cpu_seconds(*pid)));
+            w.samples.push_back((
+                now,
+                own,
+                target::cpu_seconds(*pid),
+                w.target.cpu_profile_hz(),
+            ));
             while w.samples.len() > 2 && now.duration_since(w.samples[1].0) >= self.cfg.window {
                 w.samples.pop_front();
             }
@@ -336,15 +342,16 @@ fn own_snapshot(snap: &Snapshot, pid: u32, base: u32, n: u32) -> Snapshot {
 
 /// Summarises and judges one process over its window.
 fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds) -> ProcExport {
-    let (t0, base, cpu0) = w.samples.front().expect("a sample was just pushed");
+    let (t0, base, cpu0, _) = w.samples.front().expect("a sample was just pushed");
     let samples: Vec<Sample> = w
         .samples
         .iter()
         .skip(1)
-        .map(|(at, snap, cpu)| Sample {
+        .map(|(at, snap, cpu, hz)| Sample {
             at_s: at.duration_since(*t0).as_secs_f64(),
             snap: snap.since(base),
             cpu_s: cpu0.zip(*cpu).map(|(a, b)| (b - a).max(0.0)),
+            cpu_profile_hz: *hz,
         })
         .collect();
     let collected = collect::summarize(&w.target, &b.plan, &samples);

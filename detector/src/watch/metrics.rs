@@ -289,6 +289,15 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// The exposition of `state` in text format 0.0.4 (what /metrics serves to non-
+/// OpenMetrics scrapers); also how tests list the metric names.
+pub fn render_text(state: Exported) -> String {
+    let registry = registry(Arc::new(Mutex::new(state)));
+    let mut om = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut om, &registry);
+    to_prometheus_text(&om)
+}
+
 /// The registry served at /metrics.
 pub fn registry(state: Arc<Mutex<Exported>>) -> Registry {
     let mut r = Registry::default();

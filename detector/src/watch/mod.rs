@@ -9,7 +9,7 @@
 //! HTTP side only reads the state the loop published at its last tick.
 pub mod agent;
 pub mod discover;
-mod metrics;
+pub mod metrics;
 
 use std::{
     net::SocketAddr,

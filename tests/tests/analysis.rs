@@ -174,7 +174,10 @@ fn check_fixture(version: GoVersion, dir_name: &str, dir: &Path, kind: &str) -> 
     // Stripped builds lay data out differently (no nm to compare with): found is enough
     // here; the live read is checked end to end (the accuracy suite's CPU profile case).
     if kind == "stripped" {
-        assert!(bin.cpu_profile_hz_addr().is_some(), "{what}: runtime.prof.hz");
+        assert!(
+            bin.cpu_profile_hz_addr().is_some(),
+            "{what}: runtime.prof.hz"
+        );
     } else {
         assert_eq!(
             bin.cpu_profile_hz_addr(),

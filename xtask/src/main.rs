@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | fixtures | test | demo`.
+//! Project tasks: `cargo xtask setup | fixtures | test | demo | accuracy | bench`.
 //!
 //! Every task installs what it needs and skips what is already there, so that the
 //! README's two commands work on a fresh machine and cost little on a warm one.
+mod bench;
 mod fixtures;
 mod setup;
 
@@ -61,6 +62,9 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         duration: String,
     },
+    /// Measure detector's cost (per probe hit, vs. bare and bpftrace) and its analysis
+    /// and attach time on large binaries; write BENCHMARKS.md. Needs root.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration } => demo(&duration),
+        Cmd::Bench => bench::run(),
         Cmd::Accuracy {
             quick,
             jobs,

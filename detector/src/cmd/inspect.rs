@@ -37,8 +37,40 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
             note: None,
         };
         let Presence::Symbol(sym) = row.presence else {
+            // Inlined APIs are observed where they were inlined, or through activity.
+            let callee = row.api;
+            let sites: Vec<_> = if row.id == "numgoroutine" {
+                bin.inlined_calls(callee)
+                    .into_iter()
+                    .filter(|s| crate::collect::is_user_code(&s.caller))
+                    .collect()
+            } else {
+                vec![]
+            };
+            let note = match row.id {
+                "setmutexprofilefraction" => {
+                    "always inlined: its setting is read from each recorded mutex event (runtime.saveblockevent)".to_string()
+                }
+                _ if sites.is_empty() => {
+                    "always inlined, and not inlined into any user function".to_string()
+                }
+                _ => {
+                    let names: Vec<String> = sites
+                        .iter()
+                        .take(3)
+                        .map(|s| format!("{} ({}:{})", s.caller, s.call_file, s.call_line))
+                        .collect();
+                    format!(
+                        "always inlined: probed at {} inlined site(s) in user code: {}",
+                        sites.len(),
+                        names.join(", ")
+                    )
+                }
+            };
             functions.push(FunctionReport {
-                note: Some("always inlined: not observable by a uprobe".into()),
+                probe_address: sites.first().map(|s| s.probe_vaddr),
+                probe_file_offset: sites.first().map(|s| s.probe_file_offset),
+                note: Some(note),
                 ..base
             });
             continue;

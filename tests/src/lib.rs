@@ -86,3 +86,24 @@ pub fn require_bpf_privileges() {
         );
     }
 }
+
+/// The eBPF program ids a process holds, from its descriptors' fdinfo: what must be
+/// gone from the kernel once it exits (an uprobe keeps its program loaded).
+pub fn program_ids_of(pid: u32) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        if let Ok(info) = fs::read_to_string(e.path()) {
+            for line in info.lines() {
+                if let Some(id) = line.strip_prefix("prog_id:") {
+                    if let Ok(id) = id.trim().parse() {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    ids
+}

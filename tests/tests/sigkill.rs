@@ -13,27 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_tests::{detector_bin, require_bpf_privileges, version_dir};
-
-/// The eBPF program ids a process holds, from its descriptors' fdinfo.
-fn program_ids_of(pid: u32) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in dir.flatten() {
-        if let Ok(info) = std::fs::read_to_string(e.path()) {
-            for line in info.lines() {
-                if let Some(id) = line.strip_prefix("prog_id:") {
-                    if let Ok(id) = id.trim().parse() {
-                        ids.insert(id);
-                    }
-                }
-            }
-        }
-    }
-    ids
-}
+use detector_tests::{detector_bin, program_ids_of, require_bpf_privileges, version_dir};
 
 #[test]
 fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {

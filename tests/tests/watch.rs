@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_tests::{detector_bin, require_bpf_privileges, version_dir};
+use detector_tests::{detector_bin, program_ids_of, require_bpf_privileges, version_dir};
 
 /// Documented in README ("watch"): a new process is watched within this delay
 /// (a scan interval plus the analysis and attach of its binary).
@@ -348,26 +348,6 @@ fn start_watch(glob: &str) -> (Child, String) {
         .expect("watch prints the address it serves");
     std::thread::spawn(move || for _ in lines {});
     (watch, addr)
-}
-
-/// The eBPF program ids a process holds, from its descriptors' fdinfo.
-fn program_ids_of(pid: u32) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in dir.flatten() {
-        if let Ok(info) = std::fs::read_to_string(e.path()) {
-            for line in info.lines() {
-                if let Some(id) = line.strip_prefix("prog_id:") {
-                    if let Ok(id) = id.trim().parse() {
-                        ids.insert(id);
-                    }
-                }
-            }
-        }
-    }
-    ids
 }
 
 extern "C" {

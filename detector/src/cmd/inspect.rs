@@ -39,11 +39,8 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
         let Presence::Symbol(sym) = row.presence else {
             // Inlined APIs are observed where they were inlined, or through activity.
             let callee = row.api;
-            let sites: Vec<_> = if row.id == "numgoroutine" {
-                bin.inlined_calls(callee)
-                    .into_iter()
-                    .filter(|s| crate::collect::is_user_code(&s.caller))
-                    .collect()
+            let sites = if row.id == "numgoroutine" {
+                crate::probes::plan::user_inlined_sites(&bin, callee)
             } else {
                 vec![]
             };

@@ -11,10 +11,7 @@ use serde::Serialize;
 use detector_common::ArgMode;
 
 use crate::{
-    probes::{
-        attach::Snapshot,
-        plan::{arg_name, Plan},
-    },
+    probes::{attach::Snapshot, plan::Plan},
     target::Target,
 };
 pub use stw::Reason;
@@ -286,7 +283,7 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
             prev = t;
         }
         let total = totals_at(last).0;
-        let code_pointer = probe.arg == arg_name(ArgMode::FinalizerFn);
+        let code_pointer = probe.mode == ArgMode::FinalizerFn;
         let mut sites: BTreeMap<&(String, String, u32), BTreeMap<i64, u64>> = BTreeMap::new();
         let mut args: BTreeMap<i64, u64> = BTreeMap::new();
         for (k, v) in last

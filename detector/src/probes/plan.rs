@@ -95,7 +95,11 @@ pub struct CallProbe {
     pub func: &'static str,
     pub api: &'static str,
     pub symbol: &'static str,
+    /// What the recorded argument is ("" when none).
     pub arg: &'static str,
+    /// How the kernel records it.
+    #[serde(skip)]
+    pub mode: ArgMode,
 }
 
 /// A catalog function that will not be probed, and why.
@@ -117,7 +121,7 @@ pub struct Plan {
 }
 
 /// How a probe's recorded argument is described (in `CallProbe::arg`).
-pub fn arg_name(mode: ArgMode) -> &'static str {
+fn arg_name(mode: ArgMode) -> &'static str {
     match mode {
         ArgMode::None => "",
         ArgMode::Rax => "first argument",
@@ -144,6 +148,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             api: row.api,
             symbol,
             arg: arg_name(mode),
+            mode,
         });
         // runtime.GC also tracks forced collections: entry flag + a probe on each RET.
         let forced = row.id == "gc" && !point.rets.is_empty();
@@ -172,10 +177,8 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
     // Always-inlined APIs: probe the first instruction of each inlined body in user
     // code (found through the pclntab inline tree); the probe address is the site.
     for (id, callee) in INLINED_PROBES {
-        let sites: Vec<_> = bin
-            .inlined_calls(callee)
+        let sites: Vec<_> = user_inlined_sites(bin, callee)
             .into_iter()
-            .filter(|s| crate::collect::is_user_code(&s.caller))
             .take(MAX_INLINED_SITES)
             .collect();
         let Some(row) = find(id) else { continue };
@@ -194,6 +197,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             api: row.api,
             symbol: callee,
             arg: "",
+            mode: ArgMode::None,
         });
         for s in sites {
             plan.probes.push(PlannedProbe {
@@ -257,6 +261,14 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
     plan.stw = !stw.is_empty();
     plan.probes.extend(stw);
     plan
+}
+
+/// Where `callee` was inlined into user code (the runtime's own uses are not probed).
+pub fn user_inlined_sites(bin: &GoBinary, callee: &str) -> Vec<crate::gobin::InlinedCall> {
+    bin.inlined_calls(callee)
+        .into_iter()
+        .filter(|s| crate::collect::is_user_code(&s.caller))
+        .collect()
 }
 
 /// Finds a catalog function's probe point, or records why it is skipped.

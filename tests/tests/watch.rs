@@ -354,3 +354,98 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// The value of an unlabelled counter or gauge.
+fn scalar(addr: &str, metric: &str) -> f64 {
+    let (_, body) = get(addr, "/metrics");
+    parse(&body)
+        .samples
+        .iter()
+        .find(|s| s.metric == metric)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("{metric} not exported"))
+}
+
+#[test]
+fn watch_follows_replaced_binaries_and_other_mount_namespaces() {
+    require_bpf_privileges();
+    let src = version_dir("service", 26).join("default/service");
+    let root = std::env::temp_dir().join(format!("detector-watch-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("ns")).unwrap();
+    let app = root.join("bin/app");
+    std::fs::copy(&src, &app).unwrap();
+    let (mut watch, addr) = start_watch(&format!("{}/*/app", root.display()));
+    let spawn = |bin: &std::path::Path| {
+        Proc(
+            Command::new(bin)
+                .args(["-misuse", "none", "-rate", "50"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the copied service"),
+        )
+    };
+
+    // A binary replaced on disk (a deploy: new file, new inode) is analysed anew,
+    // while the process still running the old one stays watched.
+    let old = spawn(&app);
+    wait_watched(&addr, old.0.id(), Instant::now());
+    let analysed = scalar(&addr, "detector_binaries_analysed_total");
+    std::fs::remove_file(&app).unwrap();
+    std::fs::copy(&src, &app).unwrap();
+    let new = spawn(&app);
+    wait_watched(&addr, new.0.id(), Instant::now());
+    assert!(
+        scalar(&addr, "detector_binaries_analysed_total") > analysed,
+        "the replaced binary was not analysed again"
+    );
+    assert!(scalar(&addr, "detector_binaries_attached") >= 2.0);
+    let (_, body) = get(&addr, "/metrics");
+    assert!(pids_in(&parse(&body), "detector_process_info").contains(&old.0.id()));
+
+    // A process in another mount namespace (as in a container): its executable's path
+    // does not exist on the host; it is reached through /proc/PID/exe.
+    let ns = root.join("ns");
+    let script = format!(
+        "mount -t tmpfs none {ns} && cp {src} {ns}/app && exec {ns}/app -misuse readmemstats -rate 100",
+        ns = ns.display(),
+        src = src.display()
+    );
+    let contained = Proc(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux)"),
+    );
+    wait_watched(&addr, contained.0.id(), Instant::now());
+    assert!(
+        !ns.join("app").exists(),
+        "the namespaced binary must not be visible from the host"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, body) = get(&addr, "/metrics");
+    let c = contained.0.id().to_string();
+    assert!(
+        parse(&body)
+            .samples
+            .iter()
+            .any(|s| s.metric == "detector_finding_active"
+                && s.labels.get("pid") == Some(c.as_str())
+                && s.labels.get("rule") == Some("readmemstats-hot-path")),
+        "no finding for the process in another mount namespace:\n{body}"
+    );
+
+    unsafe { libc_kill(watch.id() as i32, 15) };
+    assert!(watch.wait().unwrap().success());
+    drop((old, new, contained));
+    let _ = std::fs::remove_dir_all(&root);
+}

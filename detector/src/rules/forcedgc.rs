@@ -4,8 +4,8 @@
 //! synchronous scavenge of the whole heap. One call at a phase boundary is fine: a
 //! finding needs `periodic_min_calls` calls from user code in the window.
 use super::{
-    fmt_ns, fmt_pct, forced_gc_pauses, site_lines, stw_severity, user_calls, Finding, Rule,
-    Thresholds,
+    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, site_lines, stw_severity, user_calls, Finding,
+    Rule, Thresholds,
 };
 use crate::collect::Collected;
 
@@ -103,11 +103,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
     )];
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
-        evidence.push(format!(
-            "{pauses} forced-collection pauses in the window, {} stopped, p99 {}",
-            fmt_ns(total_ns),
-            fmt_ns(p99)
-        ));
+        evidence.push(pause_line(pauses, "forced-collection", total_ns, p99));
     }
     vec![Finding {
         rule: case.rule.id,

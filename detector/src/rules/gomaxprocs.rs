@@ -2,8 +2,8 @@
 //! query (the standard library's sync.Pool makes it all the time) and never counts;
 //! n > 0 takes the scheduler lock and, when n differs, stops the world to resize.
 use super::{
-    fmt_ns, fmt_pct, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule, Severity,
-    Thresholds,
+    fmt_pct, pause_line, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule,
+    Severity, Thresholds,
 };
 use crate::collect::{stw::GOMAXPROCS, Collected};
 
@@ -46,10 +46,11 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     )];
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
-        evidence.push(format!(
-            "{count} \"GOMAXPROCS\" pauses (only when n changes), {} stopped, p99 {}",
-            fmt_ns(total),
-            fmt_ns(p99)
+        evidence.push(pause_line(
+            count,
+            "\"GOMAXPROCS\" (only when n changes)",
+            total,
+            p99,
         ));
     }
     // Same-value calls only take the scheduler lock; changing values stop the world.

@@ -269,6 +269,15 @@ pub(crate) fn site_lines(stats: &CallStats, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The evidence line for a rule's pauses: "N <what> pauses, T stopped, p99 P".
+pub(crate) fn pause_line(count: u64, what: &str, total_ns: u64, p99_ns: u64) -> String {
+    format!(
+        "{count} {what} pauses, {} stopped, p99 {}",
+        fmt_ns(total_ns),
+        fmt_ns(p99_ns)
+    )
+}
+
 /// Pauses of the collector forced by the program (inside runtime.GC), merged.
 pub(crate) fn forced_gc_pauses(c: &Collected) -> (u64, u64, u64) {
     c.pauses

@@ -2,7 +2,9 @@
 //!
 //! Every call stops the world (reason "read mem stats"). Once per scrape interval is
 //! harmless; per request or in a loop, the pauses land in every request's latency.
-use super::{active_fraction, fmt_ns, fmt_pct, Finding, Rule, Severity, Thresholds};
+use super::{
+    active_fraction, fmt_pct, pause_line, site_lines, Finding, Rule, Severity, Thresholds,
+};
 use crate::collect::{stw::READ_MEM_STATS, Collected};
 
 pub const RULE: Rule = Rule {
@@ -54,26 +56,9 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         c.duration_s,
         sustained * 100.0
     )];
-    for s in calls.sites.iter().take(5) {
-        evidence.push(format!(
-            "{} calls from {} ({}:{}){}",
-            s.calls,
-            s.function,
-            s.file,
-            s.line,
-            if s.user_code {
-                ""
-            } else {
-                " [standard library, ignored]"
-            }
-        ));
-    }
+    evidence.extend(site_lines(calls, 5));
     if c.stw_measured {
-        evidence.push(format!(
-            "{count} \"read mem stats\" pauses, {} stopped in total, p99 {}",
-            fmt_ns(total),
-            fmt_ns(p99)
-        ));
+        evidence.push(pause_line(count, "\"read mem stats\"", total, p99));
     }
     vec![Finding {
         rule: RULE.id,

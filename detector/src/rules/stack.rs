@@ -2,7 +2,8 @@
 //! runtime stops the world and formats every goroutine's stack; with all=false it
 //! only walks the caller's stack and is cheap, so only all=true calls count.
 use super::{
-    fmt_ns, fmt_pct, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule, Thresholds,
+    fmt_ns, fmt_pct, pause_line, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule,
+    Thresholds,
 };
 use crate::collect::{stw::STACK_TRACE, Collected};
 
@@ -35,10 +36,11 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     )];
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
-        evidence.push(format!(
-            "{count} \"all goroutines stack trace\" pauses, {} stopped, p99 {}",
-            fmt_ns(total),
-            fmt_ns(p99)
+        evidence.push(pause_line(
+            count,
+            "\"all goroutines stack trace\"",
+            total,
+            p99,
         ));
     }
     vec![Finding {

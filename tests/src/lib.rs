@@ -107,3 +107,23 @@ pub fn program_ids_of(pid: u32) -> std::collections::BTreeSet<u32> {
     }
     ids
 }
+
+/// Waits (up to 5 s: the kernel frees programs after their last reference, through
+/// RCU) until none of `ids` is loaded; the ids still loaded otherwise.
+pub fn wait_programs_freed(ids: &std::collections::BTreeSet<u32>) -> Result<(), Vec<u32>> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let loaded: std::collections::BTreeSet<u32> =
+            detector::probes::attach::loaded_program_ids()
+                .into_iter()
+                .collect();
+        let left: Vec<u32> = ids.intersection(&loaded).copied().collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if t0.elapsed() >= std::time::Duration::from_secs(5) {
+            return Err(left);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_tests::{detector_bin, program_ids_of, require_bpf_privileges, version_dir};
+use detector_tests::{
+    detector_bin, program_ids_of, require_bpf_privileges, version_dir, wait_programs_freed,
+};
 
 #[test]
 fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
@@ -70,20 +72,8 @@ fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
         let _ = d.kill();
         let _ = d.wait();
         held_total += held.len();
-        let t1 = Instant::now();
-        loop {
-            let loaded: BTreeSet<u32> = detector::probes::attach::loaded_program_ids()
-                .into_iter()
-                .collect();
-            let left: Vec<_> = held.intersection(&loaded).collect();
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                t1.elapsed() < Duration::from_secs(5),
-                "round {round} (killed after {kill_after:?}): programs {left:?} still loaded"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(left) = wait_programs_freed(&held) {
+            panic!("round {round} (killed after {kill_after:?}): programs {left:?} still loaded");
         }
         assert!(
             service.try_wait().unwrap().is_none(),

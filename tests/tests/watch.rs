@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_tests::{detector_bin, program_ids_of, require_bpf_privileges, version_dir};
+use detector_tests::{
+    detector_bin, program_ids_of, require_bpf_privileges, version_dir, wait_programs_freed,
+};
 
 /// Documented in README ("watch"): a new process is watched within this delay
 /// (a scan interval plus the analysis and attach of its binary).
@@ -299,21 +301,8 @@ fn watch_exports_processes_findings_and_detaches_on_sigterm() {
         "shutdown: exit 0 {:.2} s after SIGTERM",
         t3.elapsed().as_secs_f64()
     );
-    // The kernel frees programs after their last reference goes (RCU): give it a moment.
-    let t4 = Instant::now();
-    loop {
-        let loaded: BTreeSet<u32> = detector::probes::attach::loaded_program_ids()
-            .into_iter()
-            .collect();
-        let left: Vec<_> = ours.intersection(&loaded).collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            t4.elapsed() < Duration::from_secs(5),
-            "eBPF programs {left:?} of detector still loaded after it exited"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(left) = wait_programs_freed(&ours) {
+        panic!("eBPF programs {left:?} of detector still loaded after it exited");
     }
 
     // A restart finds the same processes again.

@@ -131,75 +131,79 @@ impl Collector for StateCollector {
 
         // Self-metrics: the agent's own work and cost.
         let s = &state.stats;
-        let no_labels: Labels = vec![];
-        let counters: [(&str, &str, u64); 3] = [
-            (
-                "detector_probe_hits",
-                "Uprobe hits counted in the kernel maps (calls and pauses), for the watched processes",
-                s.probe_hits,
-            ),
-            (
-                "detector_attach_errors",
-                "Probes or binaries that could not be attached",
-                s.attach_errors,
-            ),
-            (
-                "detector_binaries_analysed",
-                "Distinct binaries (device + inode) analysed",
-                s.binaries_analysed,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(v).encode(m.encode_family(&no_labels)?)?;
-        }
-        let mut m = enc.encode_descriptor(
+        use MetricType::{Counter, Gauge};
+        let c = |v: u64| ConstCounter::new(v);
+        let g = |v: u64| ConstGauge::new(v as i64);
+        single(
+            &mut enc,
+            "detector_probe_hits",
+            "Uprobe hits counted in the kernel maps (calls and pauses), for the watched processes",
+            Counter,
+            c(s.probe_hits),
+        )?;
+        single(
+            &mut enc,
+            "detector_attach_errors",
+            "Probes or binaries that could not be attached",
+            Counter,
+            c(s.attach_errors),
+        )?;
+        single(
+            &mut enc,
+            "detector_binaries_analysed",
+            "Distinct binaries (device + inode) analysed",
+            Counter,
+            c(s.binaries_analysed),
+        )?;
+        single(
+            &mut enc,
             "detector_binary_analysis_seconds",
             "Time spent analysing binaries (ELF, pclntab, prologues, inline trees)",
-            None,
-            MetricType::Counter,
+            Counter,
+            ConstCounter::new(s.analysis_seconds),
         )?;
-        ConstCounter::new(s.analysis_seconds).encode(m.encode_family(&no_labels)?)?;
-        let gauges: [(&str, &str, i64); 4] = [
-            (
-                "detector_probes_attached",
-                "Uprobes attached",
-                s.probes_attached as i64,
-            ),
-            (
-                "detector_binaries_attached",
-                "Distinct binaries with probes attached",
-                s.binaries_attached as i64,
-            ),
-            (
-                "detector_processes_watched",
-                "Go processes watched",
-                s.processes_watched as i64,
-            ),
-            (
-                "detector_processes_over_limit",
-                "Go processes not watched because of --max-processes",
-                s.processes_over_limit as i64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            ConstGauge::new(v).encode(m.encode_family(&no_labels)?)?;
-        }
-        let mut m = enc.encode_descriptor(
+        single(
+            &mut enc,
+            "detector_probes_attached",
+            "Uprobes attached",
+            Gauge,
+            g(s.probes_attached),
+        )?;
+        single(
+            &mut enc,
+            "detector_binaries_attached",
+            "Distinct binaries with probes attached",
+            Gauge,
+            g(s.binaries_attached),
+        )?;
+        single(
+            &mut enc,
+            "detector_processes_watched",
+            "Go processes watched",
+            Gauge,
+            g(s.processes_watched),
+        )?;
+        single(
+            &mut enc,
+            "detector_processes_over_limit",
+            "Go processes not watched because of --max-processes",
+            Gauge,
+            g(s.processes_over_limit),
+        )?;
+        single(
+            &mut enc,
             "detector_tick_duration_seconds",
             "Duration of the last collection tick (scan, map read, judge)",
-            None,
-            MetricType::Gauge,
+            Gauge,
+            ConstGauge::new(s.last_tick_seconds),
         )?;
-        ConstGauge::new(s.last_tick_seconds).encode(m.encode_family(&no_labels)?)?;
-        let mut m = enc.encode_descriptor(
+        single(
+            &mut enc,
             "detector_ticks",
             "Collection ticks done since start",
-            None,
-            MetricType::Counter,
+            Counter,
+            c(s.ticks),
         )?;
-        ConstCounter::new(s.ticks).encode(m.encode_family(&no_labels)?)?;
         let mut m = enc.encode_descriptor(
             "detector_kernel_errors",
             "Kernel-side updates lost, by kind",
@@ -218,23 +222,36 @@ impl Collector for StateCollector {
             ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
         }
         if let Some((cpu, rss)) = own_usage() {
-            let mut m = enc.encode_descriptor(
+            single(
+                &mut enc,
                 "detector_cpu_seconds",
                 "CPU time used by detector itself (user + system)",
-                None,
-                MetricType::Counter,
+                Counter,
+                ConstCounter::new(cpu),
             )?;
-            ConstCounter::new(cpu).encode(m.encode_family(&no_labels)?)?;
-            let mut m = enc.encode_descriptor(
+            single(
+                &mut enc,
                 "detector_resident_memory_bytes",
                 "Resident memory of detector itself",
-                None,
-                MetricType::Gauge,
+                Gauge,
+                g(rss),
             )?;
-            ConstGauge::new(rss as i64).encode(m.encode_family(&no_labels)?)?;
         }
         Ok(())
     }
+}
+
+/// One metric family with a single unlabelled sample.
+fn single(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    let no_labels: Labels = vec![];
+    metric.encode(m.encode_family(&no_labels)?)
 }
 
 /// detector's own CPU seconds and resident bytes.

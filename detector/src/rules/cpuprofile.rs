@@ -5,7 +5,7 @@
 //! is on, and never otherwise. Calls made during the window (SetCPUProfileRate,
 //! StartCPUProfile, StopCPUProfile) are used when seen.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, site_lines, user_calls, Finding, Rule, Severity,
+    cpu_severity, fmt_pct, on_throughout, site_lines, user_calls, Finding, Rule, Severity,
     Thresholds,
 };
 use crate::collect::Collected;
@@ -109,19 +109,13 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 }
 
 fn judge_unbounded(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(sig) = c.calls_of("sigprof") else {
-        return vec![];
-    };
-    if c.duration_s < t.cpu_profile_max_window_s || sig.calls == 0 {
-        return vec![];
-    }
     // Any stop in the window means the profile is bounded by the program.
     let stopped = c.calls_of("stopcpuprofile").is_some_and(|s| s.calls > 0)
         || c.calls_of("setcpuprofilerate")
             .is_some_and(|s| s.args.iter().any(|a| a.value == 0 && a.calls > 0));
-    if stopped || active_fraction(&sig.per_tick) < 1.0 {
+    let Some(sig) = on_throughout(c, "sigprof", stopped, t.cpu_profile_max_window_s) else {
         return vec![];
-    }
+    };
     let start = user_calls(c, "startcpuprofile", |_| true);
     let site = start.as_ref().and_then(|s| s.sites.first().cloned());
     let mut evidence = vec![format!(

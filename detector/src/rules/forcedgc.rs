@@ -4,8 +4,8 @@
 //! synchronous scavenge of the whole heap. One call at a phase boundary is fine: a
 //! finding needs `periodic_min_calls` calls from user code in the window.
 use super::{
-    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, site_lines, stw_severity, user_calls, Finding,
-    Rule, Thresholds,
+    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, periodic_line, site_lines, stw_severity,
+    user_calls, Finding, Rule, Thresholds,
 };
 use crate::collect::Collected;
 
@@ -95,12 +95,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
         .as_ref()
         .map(|s| format!(" from {}", s.function))
         .unwrap_or_default();
-    let mut evidence = vec![format!(
-        "{} calls from user code in {:.1} s (one every {:.1} s)",
-        u.calls,
-        c.duration_s,
-        c.duration_s / u.calls as f64
-    )];
+    let mut evidence = vec![periodic_line(&u, c, "")];
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
         evidence.push(pause_line(pauses, "forced-collection", total_ns, p99));

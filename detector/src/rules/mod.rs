@@ -269,6 +269,30 @@ pub(crate) fn site_lines(stats: &CallStats, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The activity `func` when it ran in every tick of a window at least `min_window_s`
+/// long and nothing stopped it (`stopped`): a setting left on, not a bounded window.
+pub(crate) fn on_throughout<'a>(
+    c: &'a Collected,
+    func: &str,
+    stopped: bool,
+    min_window_s: f64,
+) -> Option<&'a CallStats> {
+    let a = c.calls_of(func)?;
+    (c.duration_s >= min_window_s && a.calls > 0 && !stopped && active_fraction(&a.per_tick) >= 1.0)
+        .then_some(a)
+}
+
+/// The evidence line for a timer-driven API: "N calls<what> from user code in D s
+/// (one every P s)".
+pub(crate) fn periodic_line(u: &UserCalls, c: &Collected, what: &str) -> String {
+    format!(
+        "{} calls{what} from user code in {:.1} s (one every {:.2} s)",
+        u.calls,
+        c.duration_s,
+        c.duration_s / u.calls as f64
+    )
+}
+
 /// The evidence line for a rule's pauses: "N <what> pauses, T stopped, p99 P".
 pub(crate) fn pause_line(count: u64, what: &str, total_ns: u64, p99_ns: u64) -> String {
     format!(

@@ -2,8 +2,8 @@
 //! runtime stops the world and formats every goroutine's stack; with all=false it
 //! only walks the caller's stack and is cheap, so only all=true calls count.
 use super::{
-    fmt_ns, fmt_pct, pause_line, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule,
-    Thresholds,
+    fmt_ns, fmt_pct, pause_line, pauses_with, periodic_line, site_lines, stw_severity, user_calls,
+    Finding, Rule, Thresholds,
 };
 use crate::collect::{stw::STACK_TRACE, Collected};
 
@@ -28,12 +28,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         .map(|p| (p.pauses, p.total_ns, p.p99_ns, p.wall_share, p.stw_share))
         .unwrap_or_default();
     let site = u.sites.first().cloned();
-    let mut evidence = vec![format!(
-        "{} calls with all=true from user code in {:.1} s (one every {:.2} s)",
-        u.calls,
-        c.duration_s,
-        c.duration_s / u.calls as f64
-    )];
+    let mut evidence = vec![periodic_line(&u, c, " with all=true")];
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
         evidence.push(pause_line(

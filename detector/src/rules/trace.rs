@@ -3,7 +3,7 @@
 //! startup is seen without its Start call. On-demand windows (/debug/pprof/trace)
 //! last seconds; tracing through a whole window longer than `trace_max_window_s`
 //! with no stop is "always on".
-use super::{active_fraction, user_calls, Finding, Rule, Severity, Thresholds};
+use super::{on_throughout, user_calls, Finding, Rule, Severity, Thresholds};
 use crate::collect::Collected;
 
 pub const RULE: Rule = Rule {
@@ -16,16 +16,10 @@ pub const RULE: Rule = Rule {
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(reader) = c.calls_of("tracereader") else {
+    let stopped = c.calls_of("tracestop").is_some_and(|s| s.calls > 0);
+    let Some(reader) = on_throughout(c, "tracereader", stopped, t.trace_max_window_s) else {
         return vec![];
     };
-    if c.duration_s < t.trace_max_window_s || reader.calls == 0 {
-        return vec![];
-    }
-    let stopped = c.calls_of("tracestop").is_some_and(|s| s.calls > 0);
-    if stopped || active_fraction(&reader.per_tick) < 1.0 {
-        return vec![];
-    }
     let start = user_calls(c, "tracestart", |_| true);
     let site = start.as_ref().and_then(|s| s.sites.first().cloned());
     let mut evidence = vec![format!(

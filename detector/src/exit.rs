@@ -37,7 +37,9 @@ impl Failure {
     }
 
     pub fn exit(&self) -> ExitCode {
-        eprintln!("detector: error: {}", self.message);
+        // Not eprintln!: it panics when stderr cannot be written (a full disk).
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "detector: error: {}", self.message);
         ExitCode::from(self.code)
     }
 }

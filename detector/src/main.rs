@@ -44,6 +44,8 @@ enum Command {
         format: Format,
         #[command(flatten)]
         rules: RuleOptions,
+        #[command(flatten)]
+        budget: BudgetOptions,
         /// ReadMemStats calls per second (from user code, sustained) that make a finding
         /// (same as --set readmemstats_per_second=N).
         #[arg(long)]
@@ -75,6 +77,8 @@ enum Command {
         max_processes: usize,
         #[command(flatten)]
         rules: RuleOptions,
+        #[command(flatten)]
+        budget: BudgetOptions,
     },
     /// List every rule, what it observes and its thresholds (after --config and --set).
     Rules {
@@ -83,6 +87,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+#[derive(clap::Args)]
+struct BudgetOptions {
+    /// Most CPU the probes may cost each target process, in percent of one core. Hotter
+    /// probes are duty-cycled and their counts extrapolated (reports show the sampled
+    /// share). 0 turns the budget off: every call is probed.
+    #[arg(long, value_name = "PERCENT", default_value_t = detector::probes::budget::Budget::DEFAULT_PERCENT, value_parser = parse_percent)]
+    overhead_budget: f64,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (e.g. 1, 0.5 or 0)"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("`{s}` is outside 0..=100"));
+    }
+    Ok(v)
 }
 
 #[derive(clap::Args)]
@@ -105,6 +129,7 @@ fn main() -> ExitCode {
             duration,
             format,
             rules,
+            budget,
             readmemstats_min_rate,
         } => cmd::thresholds(rules.config.as_deref(), &rules.sets).and_then(|mut t| {
             if let Some(r) = readmemstats_min_rate {
@@ -115,6 +140,7 @@ fn main() -> ExitCode {
                 duration,
                 format,
                 thresholds: t,
+                budget: detector::probes::budget::Budget::from_percent(budget.overhead_budget),
             })
         }),
         Command::Watch {
@@ -126,6 +152,7 @@ fn main() -> ExitCode {
             window,
             max_processes,
             rules,
+            budget,
         } => cmd::thresholds(rules.config.as_deref(), &rules.sets).and_then(|thresholds| {
             let filter = detector::watch::discover::Filter::new(pids, &exe, &exclude)
                 .map_err(|e| detector::exit::Failure::new(detector::exit::USAGE, e))?;
@@ -137,6 +164,7 @@ fn main() -> ExitCode {
                     interval,
                     window,
                     max_processes,
+                    budget: detector::probes::budget::Budget::from_percent(budget.overhead_budget),
                 },
             })
         }),

@@ -1,9 +1,10 @@
 //! The process under diagnosis: its executable (through `/proc/PID/exe`, which also
 //! reaches binaries inside containers and deleted ones) and where it is loaded.
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use crate::gobin::{AnalysisError, GoBinary};
@@ -41,7 +42,16 @@ pub struct Target {
     pub load_bias: u64,
     /// File virtual address of `runtime.prof.hz` (the CPU profiling rate in effect).
     pub cpu_profile_hz_addr: Option<u64>,
+    /// Call sites already symbolised, by return address (`watch` summarises every
+    /// process on every tick).
+    sites: Mutex<HashMap<u64, CallSiteName>>,
 }
+
+/// A call site's function, file and line.
+pub type CallSiteName = (String, String, u32);
+
+/// Entries kept in a target's call-site cache (a bound against hostile churn).
+const MAX_CACHED_SITES: usize = 4096;
 
 impl Target {
     pub fn open(pid: u32) -> Result<Target, TargetError> {
@@ -80,7 +90,30 @@ impl Target {
             cpu_profile_hz_addr: binary.cpu_profile_hz_addr(),
             binary,
             load_bias,
+            sites: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The function, file and line of the call whose return address is `caller` (a
+    /// runtime address).
+    pub fn call_site(&self, caller: u64) -> CallSiteName {
+        let mut cache = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(&caller) {
+            return s.clone();
+        }
+        // The return address is just past the CALL: look up the byte before it.
+        let pc = self.to_file_vaddr(caller).wrapping_sub(1);
+        let function = self
+            .binary
+            .func_at(pc)
+            .map(|f| f.name)
+            .unwrap_or_else(|| format!("{caller:#x}"));
+        let (file, line) = self.binary.file_line(pc).unwrap_or_default();
+        if cache.len() >= MAX_CACHED_SITES {
+            cache.clear();
+        }
+        cache.insert(caller, (function.clone(), file.clone(), line));
+        (function, file, line)
     }
 
     /// Reads `len` bytes of the live process at file virtual address `vaddr`

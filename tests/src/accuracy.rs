@@ -82,6 +82,8 @@ pub struct Outcome {
     pub fired: BTreeSet<String>,
     /// A run that could not be judged (fixture or detector failed), with why.
     pub error: Option<String>,
+    /// Functions whose probes the overhead budget duty-cycled (counts extrapolated).
+    pub sampled: BTreeSet<String>,
 }
 
 impl Outcome {
@@ -158,12 +160,21 @@ impl Drop for Fixture {
     }
 }
 
+/// How detector runs in each cell: its thresholds (TOML) and overhead budget.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub config: PathBuf,
+    /// `--overhead-budget` in percent of a core (None: detector's default).
+    pub budget: Option<f64>,
+}
+
 /// Runs one cell: start the fixture, wait for `ready`, diagnose, read the findings.
-pub fn run_cell(cell: &Cell, detector: &Path, config: &Path) -> Outcome {
+pub fn run_cell(cell: &Cell, detector: &Path, settings: &Settings) -> Outcome {
     let fail = |e: String| Outcome {
         cell: cell.clone(),
         fired: BTreeSet::new(),
         error: Some(e),
+        sampled: BTreeSet::new(),
     };
     let child = Command::new(&cell.binary)
         .args(["-case", cell.case, "-variant", cell.variant()])
@@ -188,12 +199,14 @@ pub fn run_cell(cell: &Cell, detector: &Path, config: &Path) -> Outcome {
     }
     let pid = fixture.0.id().to_string();
     let started = Instant::now();
-    let res = Command::new(detector)
-        .args(["diagnose", "--pid", &pid, "--duration", WINDOW])
+    let mut cmd = Command::new(detector);
+    cmd.args(["diagnose", "--pid", &pid, "--duration", WINDOW])
         .args(["--format", "json", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .output();
+        .arg(&settings.config);
+    if let Some(b) = settings.budget {
+        cmd.args(["--overhead-budget", &b.to_string()]);
+    }
+    let res = cmd.stderr(Stdio::piped()).output();
     let out = match res {
         Ok(o) => o,
         Err(e) => return fail(format!("cannot run {}: {e}", detector.display())),
@@ -216,6 +229,13 @@ pub fn run_cell(cell: &Cell, detector: &Path, config: &Path) -> Outcome {
         .flatten()
         .filter_map(|f| f["rule"].as_str().map(str::to_string))
         .collect();
+    let sampled: BTreeSet<String> = json["collected"]["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["sampled"].is_number())
+        .filter_map(|c| c["func"].as_str().map(str::to_string))
+        .collect();
     if (code == 1) == fired.is_empty() {
         return fail(format!(
             "exit code {code} disagrees with {} findings",
@@ -226,11 +246,12 @@ pub fn run_cell(cell: &Cell, detector: &Path, config: &Path) -> Outcome {
         cell: cell.clone(),
         fired,
         error: None,
+        sampled,
     }
 }
 
 /// Runs cells on `jobs` threads (each cell is one fixture + one detector).
-pub fn run_all(cells: &[Cell], detector: &Path, config: &Path, jobs: usize) -> Vec<Outcome> {
+pub fn run_all(cells: &[Cell], detector: &Path, settings: &Settings, jobs: usize) -> Vec<Outcome> {
     let (tx, rx) = mpsc::channel();
     let queue = std::sync::Mutex::new(cells.iter().cloned().enumerate().collect::<Vec<_>>());
     std::thread::scope(|s| {
@@ -241,7 +262,7 @@ pub fn run_all(cells: &[Cell], detector: &Path, config: &Path, jobs: usize) -> V
                 let Some((i, cell)) = queue.lock().unwrap().pop() else {
                     break;
                 };
-                let o = run_cell(&cell, detector, config);
+                let o = run_cell(&cell, detector, settings);
                 eprintln!(
                     "{} {}{}",
                     if o.correct() { "ok  " } else { "FAIL" },
@@ -262,14 +283,20 @@ fn describe(o: &Outcome) -> String {
     if let Some(e) = &o.error {
         return format!(": error: {e}");
     }
-    if o.fired.is_empty() {
-        String::new()
-    } else {
-        format!(
+    let mut s = String::new();
+    if !o.fired.is_empty() {
+        s += &format!(
             ": {}",
             o.fired.iter().cloned().collect::<Vec<_>>().join(", ")
-        )
+        );
     }
+    if !o.sampled.is_empty() {
+        s += &format!(
+            " (duty-cycled: {})",
+            o.sampled.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    s
 }
 
 /// Counts over (cell, rule) pairs.
@@ -353,6 +380,21 @@ pub fn render(outcomes: &[Outcome]) -> String {
         "  {:<28} {:>5} {:>5} {:>5} {:>6}",
         "total", total.tp, total.r#fn, total.fp, total.tn
     );
+    let cycled: Vec<&Outcome> = outcomes.iter().filter(|o| !o.sampled.is_empty()).collect();
+    let _ = writeln!(
+        o,
+        "\n{} runs had probes duty-cycled by the overhead budget{}",
+        cycled.len(),
+        if cycled.is_empty() { "" } else { ":" }
+    );
+    for c in &cycled {
+        let _ = writeln!(
+            o,
+            "  {}: {}",
+            c.cell.name(),
+            c.sampled.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     let wrong: Vec<&Outcome> = outcomes.iter().filter(|o| !o.correct()).collect();
     let _ = writeln!(o);
     if wrong.is_empty() {

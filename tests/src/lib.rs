@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end and analysis tests: where the fixtures and the
 //! detector binary are, and checks that fail loudly instead of skipping.
 pub mod accuracy;
+pub mod breakpoints;
+pub mod http;
+pub mod soak;
 
 use std::{
     fs,
@@ -125,5 +128,21 @@ pub fn wait_programs_freed(ids: &std::collections::BTreeSet<u32>) -> Result<(), 
             return Err(left);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Spawns `cmd` whose executable was just copied, retrying for up to a second while
+/// the kernel calls it busy (ETXTBSY): another test thread that forked while the copy
+/// was open for writing holds the write descriptor until its child execs.
+pub fn spawn_fresh_copy(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }

@@ -448,3 +448,42 @@ fn truncated_fixture_is_an_error() {
     // Cutting inside the pclntab must fail.
     assert!(GoBinary::parse(full[..full.len() / 3].to_vec()).is_err());
 }
+
+/// Which probes the kernel single-steps (each hit a second trap, ~30× the cost here;
+/// the overhead budget prices them so). Observed: Go 1.19 frames start with
+/// `sub rsp, N`, so every probe is single-stepped; Go 1.21+ frames start with
+/// `push rbp`, which the kernel emulates, so none is.
+#[test]
+fn probe_instructions_are_emulated_from_go_1_21() {
+    for (v, name, dir) in versions() {
+        for kind in KINDS {
+            let bin = GoBinary::open(&dir.join(kind).join(FIXTURE)).unwrap();
+            let plan = detector::probes::plan::plan(&bin, v);
+            let calls: Vec<_> = plan
+                .probes
+                .iter()
+                .filter(|p| p.program == detector::probes::plan::Program::CountCall)
+                // Inlined NumGoroutine is probed wherever its inlined body starts.
+                .filter(|p| p.func != "numgoroutine")
+                .collect();
+            assert!(
+                calls.len() > 20,
+                "{name}/{kind}: {} call probes",
+                calls.len()
+            );
+            let stepped: Vec<&str> = calls
+                .iter()
+                .filter(|p| p.single_step)
+                .map(|p| p.func)
+                .collect();
+            if v.minor < 21 {
+                assert_eq!(stepped.len(), calls.len(), "{name}/{kind}: {stepped:?}");
+            } else {
+                assert!(
+                    stepped.is_empty(),
+                    "{name}/{kind}: single-stepped {stepped:?}"
+                );
+            }
+        }
+    }
+}

@@ -170,3 +170,25 @@ fn bad_threshold_override() {
     let out = detector(&["rules", "--set", "caller_per_second=fast"]);
     expect_error(&out, 2, "not a number");
 }
+
+/// A kernel without the uprobe PMU, simulated by hiding
+/// /sys/bus/event_source/devices in a private mount namespace (aya creates uprobes
+/// through that PMU, and this machine has no tracefs to fall back on).
+#[test]
+fn kernel_without_uprobe_support() {
+    require_bpf_privileges();
+    let mut target = start_service();
+    std::thread::sleep(Duration::from_millis(300));
+    let script = format!(
+        "mount -t tmpfs none /sys/bus/event_source/devices && exec {} diagnose --pid {} --duration 1s",
+        detector_bin().display(),
+        target.id()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
+    let _ = target.kill();
+    let _ = target.wait();
+    expect_error(&out, 9, "no uprobe support");
+}

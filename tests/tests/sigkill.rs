@@ -1,48 +1,42 @@
 //! SIGKILL of `detector diagnose` at random points (while it loads, attaches, watches
-//! or detaches): the target keeps running and serving, and no eBPF program of the
-//! killed detector stays in the kernel (an uprobe keeps its program loaded, so no
-//! program left means no probe left).
+//! or detaches), and of `detector watch`: the target keeps running and serving, no
+//! eBPF program of the killed detector stays in the kernel, and no uprobe breakpoint
+//! (int3) stays in the target's text (read through /proc/PID/mem at every probe site,
+//! and every executable mapping compared with the file; see
+//! `detector_tests::breakpoints`). The one tolerated exception is the kernel's: a task
+//! killed inside an uprobe (un)registration makes the kernel leak that uprobe (it logs
+//! "failed to unregister, leaking uprobe"); then a clean run must remove its int3.
+//!
+//! The target runs from a private copy of the fixture (its own inode: uprobes are per
+//! file, so no other test's detector can put breakpoints in it).
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use detector_tests::{
-    detector_bin, program_ids_of, require_bpf_privileges, version_dir, wait_programs_freed,
+    breakpoints::{any_breakpoint, check_after_kill, kernel_uprobe_leaks, probe_sites},
+    detector_bin, program_ids_of, require_bpf_privileges,
+    soak::{signal, Service, SIGKILL},
+    version_dir, wait_programs_freed,
 };
 
 #[test]
 fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
     require_bpf_privileges();
     let bin = version_dir("service", 27).join("stripped/service");
-    let mut service = Command::new(&bin)
-        .args(["-misuse", "readmemstats", "-rate", "200"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the service fixture");
+    let mut service = Service::start(
+        &bin,
+        "sigkill-diagnose",
+        &["-misuse", "readmemstats", "-rate", "200"],
+    )
+    .expect("start the service fixture");
+    let sites = probe_sites(&detector_bin(), &service.exe);
     // The service prints its call count every 200 ms: proof it is alive and serving.
-    let calls = Arc::new(AtomicU64::new(0));
-    let out = service.stdout.take().unwrap();
-    let sink = calls.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(n) = line
-                .split_whitespace()
-                .find_map(|f| f.strip_prefix("calls_total="))
-                .and_then(|n| n.parse().ok())
-            {
-                sink.store(n, Ordering::SeqCst);
-            }
-        }
-    });
-    let pid = service.id().to_string();
+    let calls = service.calls.clone();
+    let pid = service.pid().to_string();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -50,12 +44,14 @@ fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
     println!("seed {seed}");
     let mut rng = seed | 1;
     let mut held_total = 0;
+    let (mut seen_total, mut leaks) = (0, 0);
     for round in 0..12 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         // Kill points spread over load + attach (~0-400 ms), the window and detach.
         let kill_after = Duration::from_millis(rng % 2500);
+        let leaks_before = kernel_uprobe_leaks();
         let mut d = Command::new(detector_bin())
             .args(["diagnose", "--pid", &pid, "--duration", "2s"])
             .stdout(Stdio::null())
@@ -64,10 +60,13 @@ fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
             .expect("start diagnose");
         let t0 = Instant::now();
         let mut held = BTreeSet::new();
+        let mut seen = false;
         while t0.elapsed() < kill_after {
             held.extend(program_ids_of(d.id()));
+            seen = seen || any_breakpoint(service.pid(), &sites);
             std::thread::sleep(Duration::from_millis(5));
         }
+        seen_total += seen as usize;
         held.extend(program_ids_of(d.id()));
         let _ = d.kill();
         let _ = d.wait();
@@ -75,10 +74,13 @@ fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
         if let Err(left) = wait_programs_freed(&held) {
             panic!("round {round} (killed after {kill_after:?}): programs {left:?} still loaded");
         }
-        assert!(
-            service.try_wait().unwrap().is_none(),
-            "round {round}: the target died (killed after {kill_after:?})"
-        );
+        match check_after_kill(&detector_bin(), service.pid(), &sites, leaks_before) {
+            Ok(leaked) => leaks += leaked as usize,
+            Err(e) => panic!("round {round} (killed after {kill_after:?}): {e}"),
+        }
+        service
+            .check_alive(&format!("in round {round} (killed after {kill_after:?})"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
     // Still serving after all the kills: its own request counter keeps moving.
     let before = calls.load(Ordering::SeqCst);
@@ -89,6 +91,94 @@ fn sigkill_at_any_point_leaves_nothing_and_spares_the_target() {
         "the target stopped serving ({before} -> {after})"
     );
     assert!(held_total > 0, "no kill landed while programs were loaded");
-    let _ = service.kill();
-    let _ = service.wait();
+    assert!(seen_total > 0, "no kill landed while a breakpoint was in");
+    println!("{seen_total} kills with breakpoints in, {leaks} uprobe(s) leaked by the kernel (removed by a clean run)");
+    service.stop().unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `detector watch` SIGKILLed while it discovers and attaches, and once it watches the
+/// target: its programs vanish, no breakpoint stays in the target, which runs on.
+#[test]
+fn sigkill_of_watch_leaves_nothing_and_spares_the_target() {
+    require_bpf_privileges();
+    let bin = version_dir("service", 24).join("pie/service");
+    let mut service = Service::start(
+        &bin,
+        "sigkill-watch",
+        &["-misuse", "readmemstats", "-rate", "200"],
+    )
+    .expect("start the service fixture");
+    let pid = service.pid();
+    let sites = probe_sites(&detector_bin(), &service.exe);
+    let exe = service.exe.canonicalize().unwrap();
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut leaks = 0;
+    // Round 0: killed once the target is watched (its breakpoints in); then at random
+    // moments of the start-up (load, first scan, analysis, attach).
+    for round in 0..4 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let kill_after = (round > 0).then(|| Duration::from_millis(rng % 2000));
+        let leaks_before = kernel_uprobe_leaks();
+        let mut watch = Command::new(detector_bin())
+            .args(["watch", "--listen", "127.0.0.1:0", "--interval", "300ms"])
+            .arg("--exe")
+            .arg(&exe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start detector watch");
+        let t0 = Instant::now();
+        let mut held = BTreeSet::new();
+        let mut seen = false;
+        loop {
+            held.extend(program_ids_of(watch.id()));
+            seen = seen || any_breakpoint(pid, &sites);
+            match kill_after {
+                Some(k) if t0.elapsed() >= k => break,
+                None if seen => break,
+                _ => {}
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "round {round}: watch did not attach to the target in 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed_after = t0.elapsed();
+        signal(watch.id(), SIGKILL);
+        let _ = watch.wait();
+        assert!(
+            kill_after.is_some() || !held.is_empty(),
+            "round 0: watch held no program while its breakpoints were in"
+        );
+        if let Err(left) = wait_programs_freed(&held) {
+            panic!("round {round} (kill after {kill_after:?}): programs {left:?} of the killed watch still loaded");
+        }
+        match check_after_kill(&detector_bin(), pid, &sites, leaks_before) {
+            Ok(leaked) => leaks += leaked as usize,
+            Err(e) => panic!("round {round} (kill after {kill_after:?}): {e}"),
+        }
+        service
+            .check_alive(&format!("in round {round} (kill after {kill_after:?})"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        println!(
+            "round {round}: watch killed after {:.2} s holding {} programs, breakpoints seen: {seen}",
+            killed_after.as_secs_f64(),
+            held.len()
+        );
+    }
+    let before = service.calls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        service.calls.load(Ordering::SeqCst) > before,
+        "the target stopped serving"
+    );
+    println!("{leaks} uprobe(s) leaked by the kernel (removed by a clean run)");
+    service.stop().unwrap_or_else(|e| panic!("{e:#}"));
 }

@@ -9,8 +9,7 @@
 //! and SIGTERM: exit 0 with no eBPF program of detector left in the kernel.
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -46,44 +45,7 @@ fn service(minor: u32, kind: &str, misuse: &str) -> Proc {
 
 /// A plain HTTP/1.1 GET: (status, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    detector_tests::http::get(addr, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
 }
 
 fn parse(text: &str) -> prometheus_parse::Scrape {
@@ -373,12 +335,13 @@ fn watch_follows_replaced_binaries_and_other_mount_namespaces() {
     let (mut watch, addr) = start_watch(&format!("{}/*/app", root.display()));
     let spawn = |bin: &std::path::Path| {
         Proc(
-            Command::new(bin)
-                .args(["-misuse", "none", "-rate", "50"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start the copied service"),
+            detector_tests::spawn_fresh_copy(
+                Command::new(bin)
+                    .args(["-misuse", "none", "-rate", "50"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .expect("start the copied service"),
         )
     };
 

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | fixtures | test | demo | accuracy | bench`.
+//! Project tasks: `cargo xtask setup | fixtures | test | demo | accuracy | bench | soak | fuzz`.
 //!
 //! Every task installs what it needs and skips what is already there, so that the
 //! README's two commands work on a fresh machine and cost little on a warm one.
 mod bench;
 mod fixtures;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -55,6 +56,9 @@ enum Cmd {
         /// Only these cases (repeatable), e.g. gc.
         #[arg(long)]
         case: Vec<String>,
+        /// detector's --overhead-budget (percent of a core); default: detector's own.
+        #[arg(long)]
+        overhead_budget: Option<f64>,
     },
     /// Set up, start a demo Go service that misuses ReadMemStats, and diagnose it live.
     Demo {
@@ -62,9 +66,44 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         duration: String,
     },
-    /// Measure detector's cost (per probe hit, vs. bare and bpftrace) and its analysis
-    /// and attach time on large binaries; write BENCHMARKS.md. Needs root.
+    /// Target safety soak: for every Go version, the service fixture under load from wrk
+    /// while detector diagnose attaches and detaches N times, some runs SIGKILLed at
+    /// random moments. Needs root.
+    Soak {
+        /// Attach/detach cycles per Go version.
+        #[arg(long, default_value_t = 1000)]
+        cycles: usize,
+        /// Only Go versions whose directory name contains this (repeatable), e.g. 1.19.
+        #[arg(long)]
+        go: Vec<String>,
+        /// One diagnose run in every K (chosen at random) is SIGKILLed; 0: none.
+        #[arg(long, default_value_t = 10)]
+        kill_every: usize,
+        /// Seed of the random choices (default: the time); printed, to replay a run.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only this build kind (default, stripped, pie, cgo); default: rotate per version.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Measure detector's cost (per probe hit vs. bare and bpftrace; target CPU at
+    /// 1k/10k/100k misuse calls/s; the watch agent's CPU and RSS at 1/10/100 processes),
+    /// its analysis and attach time on large binaries and its STW accuracy; write
+    /// BENCHMARKS.md. Needs root.
     Bench,
+    /// Build the cargo-fuzz targets (fuzz/) and run each on the seed corpus; fails on
+    /// any crash. See docs/fuzzing.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Only this target (repeatable): buildinfo, pclntab, symtab, elf.
+        #[arg(long)]
+        target: Vec<String>,
+        /// Regenerate the seed corpus (fuzz/corpus/*/seed-*) instead of fuzzing.
+        #[arg(long)]
+        seed: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,13 +126,25 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration } => demo(&duration),
         Cmd::Bench => bench::run(),
+        Cmd::Fuzz { seed: true, .. } => fuzz::seed(&setup::all()?),
+        Cmd::Fuzz {
+            seconds, target, ..
+        } => fuzz::run(seconds, &target),
+        Cmd::Soak {
+            cycles,
+            go,
+            kill_every,
+            seed,
+            kind,
+        } => soak(cycles, &go, kill_every, seed, kind),
         Cmd::Accuracy {
             quick,
             jobs,
             go,
             kind,
             case,
-        } => accuracy(quick, jobs, &go, &kind, &case),
+            overhead_budget,
+        } => accuracy(quick, jobs, &go, &kind, &case, overhead_budget),
     }
 }
 
@@ -171,7 +222,26 @@ fn test(extra: &[String]) -> Result<()> {
     if passed == 0 {
         bail!("cargo test ran no test");
     }
-    Ok(())
+    eprintln!("xtask: bounded fuzzing ({} s per target)", fuzz::CI_SECONDS);
+    fuzz::run(fuzz::CI_SECONDS, &[])
+}
+
+/// Sets up, builds the fixtures and the release detector, and returns the command
+/// that runs `bin` of detector-tests (a live runner: accuracy, soak) against them;
+/// its own arguments follow.
+fn live_runner(bin: &str) -> Result<Command> {
+    let tools = setup::all()?;
+    fixtures::build_all(&tools, &[])?;
+    run_cmd(cargo(&tools).args(["build", "--release", "--package", "detector"]))?;
+    let mut cmd = cargo(&tools);
+    cmd.args(["run", "--quiet", "--release", "--package", "detector-tests"])
+        .args(["--bin", bin, "--"])
+        .env(
+            "DETECTOR_BIN",
+            workspace_root().join("target/release/detector"),
+        )
+        .env("DETECTOR_FIXTURES", fixtures::root());
+    Ok(cmd)
 }
 
 fn accuracy(
@@ -180,26 +250,42 @@ fn accuracy(
     go: &[String],
     kind: &[String],
     case: &[String],
+    overhead_budget: Option<f64>,
 ) -> Result<()> {
-    let tools = setup::all()?;
-    fixtures::build_all(&tools, &[])?;
-    run_cmd(cargo(&tools).args(["build", "--release", "--package", "detector"]))?;
-    let mut cmd = cargo(&tools);
-    cmd.args(["run", "--quiet", "--release", "--package", "detector-tests"])
-        .args(["--bin", "accuracy", "--"])
-        .args(["--jobs", &jobs.to_string()])
-        .env(
-            "DETECTOR_BIN",
-            workspace_root().join("target/release/detector"),
-        )
-        .env("DETECTOR_FIXTURES", fixtures::root());
+    let mut cmd = live_runner("accuracy")?;
+    cmd.args(["--jobs", &jobs.to_string()]);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(b) = overhead_budget {
+        cmd.args(["--overhead-budget", &b.to_string()]);
     }
     for (flag, values) in [("--go", go), ("--kind", kind), ("--case", case)] {
         for v in values {
             cmd.args([flag, v]);
         }
+    }
+    run_cmd(&mut cmd)
+}
+
+fn soak(
+    cycles: usize,
+    go: &[String],
+    kill_every: usize,
+    seed: Option<u64>,
+    kind: Option<String>,
+) -> Result<()> {
+    let mut cmd = live_runner("soak")?;
+    cmd.args(["--cycles", &cycles.to_string()])
+        .args(["--kill-every", &kill_every.to_string()]);
+    for v in go {
+        cmd.args(["--go", v]);
+    }
+    if let Some(s) = seed {
+        cmd.args(["--seed", &s.to_string()]);
+    }
+    if let Some(k) = kind {
+        cmd.args(["--kind", &k]);
     }
     run_cmd(&mut cmd)
 }

@@ -60,7 +60,30 @@ pub fn all() -> Result<Tools> {
         go.push(pypi_go(v)?);
     }
     promtool()?;
+    wrk()?;
     Ok(Tools { bpf_linker_dir, go })
+}
+
+/// The `wrk` HTTP load generator (Debian package `wrk`): the soak tests load a fixture
+/// with it and check every response body with its Lua hooks.
+fn wrk() -> Result<()> {
+    // `wrk --version` prints its banner and exits 1; being able to run it is enough.
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian's wrk package (HTTP load generator)");
+    let install = || {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "wrk"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+        install().context("installing wrk needs root (apt-get)")?;
+    }
+    Ok(())
 }
 
 /// Prometheus' `promtool` (Debian package `prometheus`): the watch tests check the
@@ -190,6 +213,27 @@ fn bpf_linker() -> Result<PathBuf> {
             .env("LLVM_PREFIX", &prefix),
     )?;
     fs::write(&stamp, &llvm)?;
+    Ok(bin)
+}
+
+/// cargo-fuzz, pinned, in `cache/cargo-fuzz` (only `cargo xtask fuzz` and `test` need
+/// it). Returns the directory holding the binary.
+pub fn cargo_fuzz() -> Result<PathBuf> {
+    const VERSION: &str = "0.13.2";
+    let prefix = cache_dir().join("cargo-fuzz");
+    let bin = prefix.join("bin");
+    let installed = output(Command::new(bin.join("cargo-fuzz")).arg("--version"));
+    if installed.is_ok_and(|v| v.trim() == format!("cargo-fuzz {VERSION}")) {
+        return Ok(bin);
+    }
+    eprintln!("setup: installing cargo-fuzz {VERSION} (about a minute)");
+    run_cmd(
+        Command::new("cargo")
+            .args(["+stable", "install", "--locked", "--force", "cargo-fuzz"])
+            .args(["--version", VERSION])
+            .arg("--root")
+            .arg(&prefix),
+    )?;
     Ok(bin)
 }
 

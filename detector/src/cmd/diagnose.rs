@@ -9,7 +9,11 @@ use crate::{
     collect::{self, Sample},
     exit::{self, Failure},
     gobin::AnalysisError,
-    probes::{attach, plan},
+    probes::{
+        attach::{self, Snapshot},
+        budget::{Budget, DutyCycle, Extrapolator},
+        plan,
+    },
     report::{render_diagnosis, Diagnosis, ProbeInfo},
     rules::{self, Thresholds},
     target::{self, Target},
@@ -20,6 +24,7 @@ pub struct Options {
     pub duration: Duration,
     pub format: Format,
     pub thresholds: Thresholds,
+    pub budget: Budget,
 }
 
 /// Maps are read once per tick: rates and "sustained" are judged on these ticks.
@@ -67,7 +72,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     attach::check_privileges()?;
 
     let plan = plan::plan(&target.binary, version);
-    let attached = match attach::attach(&plan, &target.exe_path, Some(o.pid)) {
+    let mut attached = match attach::attach(&plan, &target.exe_path, Some(o.pid)) {
         Ok(a) => a,
         Err(_) if !target.alive() => return Err(exited(o.pid, Duration::ZERO)),
         Err(e) => return Err(e.into()),
@@ -78,25 +83,50 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     let baseline = attached.snapshot();
     let start = Instant::now();
     let cpu_start = target::cpu_seconds(o.pid);
+    let mut duty = DutyCycle::new(&plan, attached.parts().1, 0, o.budget, TICK, start);
+    let mut extrapolate = Extrapolator::default();
+    let on_start = duty.on_seconds(start);
+    extrapolate.update(&Snapshot::default(), &on_start, start);
     let mut samples = Vec::new();
     let mut next_tick = start + TICK;
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        let wake = duty.next_deadline().map_or(next_tick, |d| d.min(next_tick));
+        let nap = wake.saturating_duration_since(Instant::now());
+        std::thread::sleep(nap.min(Duration::from_millis(50)));
         let now = Instant::now();
         if !target.alive() {
             return Err(exited(o.pid, now - start));
         }
+        {
+            let (probes, live) = attached.parts();
+            duty.poll(now, probes, live);
+        }
         let done = now - start >= o.duration || INTERRUPTED.load(Ordering::SeqCst);
-        if now >= next_tick || done {
+        let tick = now >= next_tick || done;
+        let due = duty.due(now) && !done;
+        if !tick && !due {
+            continue;
+        }
+        let raw = attached.snapshot();
+        if tick {
+            let on = duty.on_seconds(now);
             samples.push(Sample {
                 at_s: (now - start).as_secs_f64(),
-                snap: attached.snapshot().since(&baseline),
+                snap: extrapolate.update(&raw.since(&baseline), &on, now),
                 cpu_s: cpu_start
                     .zip(target::cpu_seconds(o.pid))
                     .map(|(a, b)| (b - a).max(0.0)),
                 cpu_profile_hz: target.cpu_profile_hz(),
+                on_s: on
+                    .iter()
+                    .map(|(id, s)| (*id, s - on_start.get(id).unwrap_or(&0.0)))
+                    .collect(),
             });
             next_tick += TICK;
+        }
+        if due {
+            let (probes, live) = attached.parts();
+            duty.evaluate(now, &raw, &plan, probes, live);
         }
         if done {
             break;
@@ -106,6 +136,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         attached: attached.attached,
         failed: attached.failures.clone(),
         skipped: plan.skipped.clone(),
+        overhead_budget_percent: o.budget.share_of_core * 100.0,
     };
     // The report comes first: unregistering uprobes waits on the kernel (about 0.1 s
     // per probe under load), so the probes are detached after it is printed.
@@ -118,16 +149,16 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         exit::FINDINGS
     };
     let diagnosis = Diagnosis::new(&target, probes, findings, collected);
-    match o.format {
-        Format::Text => print!("{}", render_diagnosis(&diagnosis)),
-        Format::Json => println!(
-            "{}",
+    let text = match o.format {
+        Format::Text => render_diagnosis(&diagnosis),
+        Format::Json => format!(
+            "{}\n",
             serde_json::to_string_pretty(&diagnosis)
                 .map_err(|e| Failure::new(exit::OTHER, e.to_string()))?
         ),
-    }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    };
+    let written = super::write_stdout(&text);
     drop(attached);
+    written?;
     Ok(code)
 }

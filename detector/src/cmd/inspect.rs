@@ -34,6 +34,7 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
             probe_file_offset: None,
             stack_check: None,
             rets: None,
+            single_step: None,
             note: None,
         };
         let Presence::Symbol(sym) = row.presence else {
@@ -93,6 +94,10 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
                 probe_file_offset: Some(p.probe_file_offset),
                 stack_check: Some(p.stack_check),
                 rets: Some(p.rets.len()),
+                single_step: Some(
+                    !bin.read_bytes_at(p.probe_vaddr, 15)
+                        .is_some_and(crate::gobin::prologue::kernel_emulates),
+                ),
                 ..base
             },
             Err(e) => FunctionReport {
@@ -110,13 +115,14 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
         binary: info,
         functions,
     };
-    match format {
-        Format::Text => print!("{}", render_inspection(&inspection)),
-        Format::Json => println!(
-            "{}",
+    let text = match format {
+        Format::Text => render_inspection(&inspection),
+        Format::Json => format!(
+            "{}\n",
             serde_json::to_string_pretty(&inspection)
                 .map_err(|e| Failure::new(crate::exit::OTHER, e.to_string()))?
         ),
-    }
+    };
+    super::write_stdout(&text)?;
     Ok(crate::exit::NO_FINDINGS)
 }

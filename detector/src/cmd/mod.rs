@@ -40,6 +40,16 @@ pub fn thresholds(config: Option<&Path>, sets: &[String]) -> Result<Thresholds, 
     Ok(t)
 }
 
+/// Writes a command's output to stdout. A failed write (a full disk, a closed pipe)
+/// is an error naming the cause, with exit code OTHER, instead of `print!`'s panic.
+pub fn write_stdout(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(exit::OTHER, format!("cannot write to stdout: {e}")))
+}
+
 /// Parses "10s", "500ms", "2m", "1.5s" or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();

@@ -50,10 +50,10 @@ pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
                     .map(|(case, what, why)| serde_json::json!({"catalog_case": case, "what": what, "why": why}))
                     .collect::<Vec<_>>(),
             });
-            println!(
-                "{}",
+            super::write_stdout(&format!(
+                "{}\n",
                 serde_json::to_string_pretty(&json).unwrap_or_default()
-            );
+            ))?;
         }
         Format::Text => {
             let mut o = String::new();
@@ -77,7 +77,7 @@ pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
                     "(not observable)            case {case:>2}  {what}: {why}"
                 );
             }
-            print!("{o}");
+            super::write_stdout(&o)?;
         }
     }
     Ok(exit::NO_FINDINGS)

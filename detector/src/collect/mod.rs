@@ -24,6 +24,9 @@ pub struct Sample {
     pub cpu_s: Option<f64>,
     /// The CPU profiling rate in effect at this tick (`runtime.prof.hz`), when readable.
     pub cpu_profile_hz: Option<i32>,
+    /// Seconds each call probe id was live since the window started, for probes the
+    /// overhead budget duty-cycles (their counts in `snap` are estimates).
+    pub on_s: HashMap<u32, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -68,6 +71,10 @@ pub struct CallStats {
     pub sites: Vec<CallSite>,
     /// Argument values seen (only for functions whose argument matters).
     pub args: Vec<ArgCount>,
+    /// Share of the window the probe was live, when the overhead budget duty-cycled
+    /// it: its counts are then estimates (counted ÷ this share).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -247,42 +254,42 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
     let mut site_of: HashMap<u64, (String, String, u32)> = HashMap::new();
     for s in samples {
         for k in s.snap.calls.keys().filter(|k| k.tgid == pid) {
-            site_of.entry(k.caller).or_insert_with(|| {
-                // The return address is just past the CALL: look up the byte before it.
-                let pc = target.to_file_vaddr(k.caller).wrapping_sub(1);
-                let function = target
-                    .binary
-                    .func_at(pc)
-                    .map(|f| f.name)
-                    .unwrap_or_else(|| format!("{:#x}", k.caller));
-                let (file, line) = target.binary.file_line(pc).unwrap_or_default();
-                (function, file, line)
-            });
+            site_of
+                .entry(k.caller)
+                .or_insert_with(|| target.call_site(k.caller));
         }
     }
     let user = |caller: u64| site_of.get(&caller).is_some_and(|s| is_user_code(&s.0));
+    // (all calls, calls from user code) per probe id, in each sample: one pass over
+    // each snapshot (watch judges every process on every tick).
+    let totals: Vec<HashMap<u32, (u64, u64)>> = samples
+        .iter()
+        .map(|s| {
+            let mut t: HashMap<u32, (u64, u64)> = HashMap::new();
+            for (k, v) in s.snap.calls.iter().filter(|(k, _)| k.tgid == pid) {
+                let e = t.entry(k.probe).or_default();
+                e.0 += v;
+                if user(k.caller) {
+                    e.1 += v;
+                }
+            }
+            t
+        })
+        .collect();
 
     let mut calls = Vec::new();
     for (id, probe) in plan.call_probes.iter().enumerate() {
         let id = id as u32;
-        let totals_at = |snap: &Snapshot| -> (u64, u64) {
-            snap.calls
-                .iter()
-                .filter(|(k, _)| k.tgid == pid && k.probe == id)
-                .fold((0, 0), |(all, u), (k, v)| {
-                    (all + v, if user(k.caller) { u + v } else { u })
-                })
-        };
         let mut per_tick = Vec::with_capacity(samples.len());
         let mut user_per_tick = Vec::with_capacity(samples.len());
         let mut prev = (0, 0);
-        for s in samples {
-            let t = totals_at(&s.snap);
+        for t in &totals {
+            let t = t.get(&id).copied().unwrap_or_default();
             per_tick.push(t.0.saturating_sub(prev.0));
             user_per_tick.push(t.1.saturating_sub(prev.1));
             prev = t;
         }
-        let total = totals_at(last).0;
+        let total = prev.0;
         let code_pointer = probe.mode == ArgMode::FinalizerFn;
         let mut sites: BTreeMap<&(String, String, u32), BTreeMap<i64, u64>> = BTreeMap::new();
         let mut args: BTreeMap<i64, u64> = BTreeMap::new();
@@ -333,7 +340,13 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
             })
             .collect();
         sites.sort_by_key(|s| std::cmp::Reverse(s.calls));
+        let sampled = samples
+            .last()
+            .and_then(|s| s.on_s.get(&id))
+            .map(|on| (on / duration_s).clamp(0.0, 1.0))
+            .filter(|share| *share < 0.999);
         calls.push(CallStats {
+            sampled,
             func: probe.func.to_string(),
             api: probe.api.to_string(),
             symbol: probe.symbol.to_string(),

@@ -6,6 +6,7 @@
 //! wrapped in 16-byte sentinels and holds tab-separated lines (`path`, `mod`, `dep`,
 //! `build KEY=VALUE`). Before 1.18 the header held pointers to the two strings instead.
 use super::elf::ElfInfo;
+use super::limits::{check_limit, Limit, MAX_BUILD_SETTINGS, MAX_MODINFO_LEN, MAX_VERSION_LEN};
 use super::pclntab::read_uvarint;
 
 /// The buildinfo magic.
@@ -13,10 +14,6 @@ pub(crate) const MAGIC: &[u8; 14] = b"\xff Go buildinf:";
 const HEADER_LEN: usize = 32;
 const FLAG_BIG_ENDIAN: u8 = 0x1;
 const FLAG_INLINE: u8 = 0x2;
-/// Strings longer than this are not a Go version.
-const MAX_VERSION_LEN: u64 = 1024;
-/// Module info longer than this is not plausible.
-const MAX_MODINFO_LEN: u64 = 64 << 20;
 
 /// What `.go.buildinfo` says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,7 +24,23 @@ pub(crate) struct BuildInfo {
 }
 
 /// Why buildinfo bytes were rejected.
-pub(crate) type BuildInfoError = String;
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BuildInfoError {
+    Bad(String),
+    Limit(Limit),
+}
+
+impl From<&str> for BuildInfoError {
+    fn from(s: &str) -> Self {
+        BuildInfoError::Bad(s.to_owned())
+    }
+}
+
+impl From<Limit> for BuildInfoError {
+    fn from(l: Limit) -> Self {
+        BuildInfoError::Limit(l)
+    }
+}
 
 /// The bytes of the buildinfo blob: the `.go.buildinfo` section, or else the first
 /// 16-byte aligned magic found in a loadable segment.
@@ -79,9 +92,9 @@ pub(crate) fn parse(buf: &[u8], data: &[u8], elf: &ElfInfo) -> Result<BuildInfo,
         (version.to_vec(), modinfo.to_vec())
     } else {
         if ptr_size != 8 || flags & FLAG_BIG_ENDIAN != 0 {
-            return Err(format!(
+            return Err(BuildInfoError::Bad(format!(
                 "buildinfo with pointer size {ptr_size} and flags {flags:#x} is not amd64"
-            ));
+            )));
         }
         let vptr = u64::from_le_bytes(header[16..24].try_into().map_err(|_| "short")?);
         let mptr = u64::from_le_bytes(header[24..32].try_into().map_err(|_| "short")?);
@@ -100,7 +113,7 @@ pub(crate) fn parse(buf: &[u8], data: &[u8], elf: &ElfInfo) -> Result<BuildInfo,
     parse_modinfo(
         &String::from_utf8_lossy(strip_sentinels(&modinfo)),
         &mut info,
-    );
+    )?;
     Ok(info)
 }
 
@@ -141,7 +154,7 @@ fn strip_sentinels(m: &[u8]) -> &[u8] {
     }
 }
 
-fn parse_modinfo(text: &str, info: &mut BuildInfo) {
+fn parse_modinfo(text: &str, info: &mut BuildInfo) -> Result<(), BuildInfoError> {
     for line in text.lines() {
         let mut parts = line.splitn(2, '\t');
         let (Some(kind), Some(rest)) = (parts.next(), parts.next()) else {
@@ -150,12 +163,18 @@ fn parse_modinfo(text: &str, info: &mut BuildInfo) {
         match kind {
             "path" => info.main_module = Some(rest.to_owned()),
             "build" => {
+                check_limit!(
+                    "number of build settings",
+                    info.settings.len() + 1,
+                    MAX_BUILD_SETTINGS
+                )?;
                 let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
                 info.settings.push((unquote(key), unquote(value)));
             }
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// Go quotes keys and values that contain spaces, quotes or `=` (strconv.Quote).
@@ -243,6 +262,19 @@ mod tests {
         let mut ptrs = b.clone();
         ptrs[15] = 0;
         assert!(parse(&ptrs, &ptrs, &ElfInfo::default()).is_err());
+    }
+
+    #[test]
+    fn build_settings_are_limited() {
+        let many = "build\tk=v\n".repeat(MAX_BUILD_SETTINGS);
+        let b = blob("go1.22.10", &many);
+        let info = parse(&b, &b, &ElfInfo::default()).unwrap();
+        assert_eq!(info.settings.len(), MAX_BUILD_SETTINGS);
+        let b = blob("go1.22.10", &format!("{many}build\tone=more\n"));
+        match parse(&b, &b, &ElfInfo::default()) {
+            Err(BuildInfoError::Limit(l)) => assert_eq!(l.limit, "MAX_BUILD_SETTINGS"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

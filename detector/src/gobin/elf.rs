@@ -7,6 +7,11 @@ use object::elf;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader, Rela, SectionHeader, Sym};
 use object::Endianness;
 
+use super::limits::{
+    check_limit, Limit, MAX_LOAD_SEGMENTS, MAX_NAME_LEN, MAX_NEEDED, MAX_NEEDED_NAME_LEN,
+    MAX_RELOCATIONS, MAX_SECTIONS, MAX_SECTION_NAME_LEN, MAX_SYMBOLS,
+    SYMBOL_NAME_BYTES_PER_STRTAB_BYTE,
+};
 use super::AnalysisError;
 
 /// One `PT_LOAD` segment.
@@ -139,15 +144,22 @@ pub(crate) fn parse(data: &[u8]) -> Result<ElfInfo, AnalysisError> {
         .map_err(|e| corrupt("bad program headers", e))?;
     for ph in phdrs {
         match ph.p_type(endian) {
-            elf::PT_LOAD => info.segments.push(Segment {
-                vaddr: ph.p_vaddr(endian),
-                offset: ph.p_offset(endian),
-                // Never trust filesz beyond the end of the file.
-                filesz: ph
-                    .p_filesz(endian)
-                    .min((data.len() as u64).saturating_sub(ph.p_offset(endian))),
-                flags: ph.p_flags(endian),
-            }),
+            elf::PT_LOAD => {
+                check_limit!(
+                    "number of PT_LOAD segments",
+                    info.segments.len() + 1,
+                    MAX_LOAD_SEGMENTS
+                )?;
+                info.segments.push(Segment {
+                    vaddr: ph.p_vaddr(endian),
+                    offset: ph.p_offset(endian),
+                    // Never trust filesz beyond the end of the file.
+                    filesz: ph
+                        .p_filesz(endian)
+                        .min((data.len() as u64).saturating_sub(ph.p_offset(endian))),
+                    flags: ph.p_flags(endian),
+                })
+            }
             elf::PT_INTERP => info.has_interp = true,
             _ => {}
         }
@@ -160,14 +172,39 @@ pub(crate) fn parse(data: &[u8]) -> Result<ElfInfo, AnalysisError> {
             data,
             dynamic.p_offset(endian),
             dynamic.p_filesz(endian),
-        );
+        )?;
     }
 
     let sections = header
         .sections(endian, data)
         .map_err(|e| corrupt("bad section headers", e))?;
+    check_limit!("number of sections", sections.len(), MAX_SECTIONS)?;
+    // Names are read here, not through `object` (which scans the rest of the table
+    // for each NUL): a long name is an error, not a long scan.
+    let shstrtab = header
+        .shstrndx(endian, data)
+        .ok()
+        .and_then(|i| sections.section(object::SectionIndex(i as usize)).ok())
+        .and_then(|s| s.data(endian, data).ok())
+        .unwrap_or_default();
     for sh in sections.iter() {
-        let name = sections.section_name(endian, sh).unwrap_or_default();
+        let name = usize::try_from(sh.sh_name(endian))
+            .ok()
+            .and_then(|off| shstrtab.get(off..))
+            .unwrap_or_default();
+        let window = name.get(..name.len().min(MAX_SECTION_NAME_LEN + 1));
+        let window = window.unwrap_or_default();
+        let name = match window.iter().position(|&c| c == 0) {
+            Some(end) => window.get(..end).unwrap_or_default(),
+            None => {
+                check_limit!(
+                    "length of a section name",
+                    window.len(),
+                    MAX_SECTION_NAME_LEN
+                )?;
+                &[] // not terminated: no name
+            }
+        };
         let nobits = sh.sh_type(endian) == elf::SHT_NOBITS;
         info.sections.push(Section {
             name: String::from_utf8_lossy(name).into_owned(),
@@ -178,22 +215,42 @@ pub(crate) fn parse(data: &[u8]) -> Result<ElfInfo, AnalysisError> {
         });
         if sh.sh_type(endian) == elf::SHT_RELA {
             if let Ok(relas) = sh.data_as_array::<elf::Rela64<Endianness>, _>(endian, data) {
-                for r in relas {
-                    if r.r_type(endian, false) == elf::R_X86_64_RELATIVE {
-                        info.relative_relocs
-                            .insert(r.r_offset(endian), r.r_addend(endian) as u64);
-                    }
-                }
+                info.add_relocs(endian, relas)?;
             }
         }
     }
 
     if let Ok(symtab) = sections.symbols(endian, data, elf::SHT_SYMTAB) {
         info.has_symtab = !symtab.is_empty();
+        check_limit!("number of .symtab symbols", symtab.len(), MAX_SYMBOLS)?;
+        // Names are read from the string table here (not through `object`, which
+        // scans the whole rest of the table for each name's NUL), within a budget.
+        let strings = sections
+            .section(symtab.string_section())
+            .ok()
+            .and_then(|s| s.data(endian, data).ok())
+            .unwrap_or_default();
+        let budget = strings
+            .len()
+            .saturating_mul(SYMBOL_NAME_BYTES_PER_STRTAB_BYTE);
+        let mut name_bytes = 0usize;
         for sym in symtab.iter() {
-            let Ok(name) = symtab.symbol_name(endian, sym) else {
+            let Some(name) = usize::try_from(sym.st_name(endian))
+                .ok()
+                .and_then(|off| cstr_at(strings, off, MAX_NAME_LEN))
+            else {
                 continue;
             };
+            name_bytes = name_bytes.saturating_add(name.len());
+            if name_bytes > budget {
+                return Err(Limit {
+                    what: "bytes of .symtab names",
+                    value: name_bytes as u64,
+                    limit: "SYMBOL_NAME_BYTES_PER_STRTAB_BYTE x .strtab size",
+                    max: budget as u64,
+                }
+                .into());
+            }
             if sym.st_type() == elf::STT_FUNC && sym.st_shndx(endian) != elf::SHN_UNDEF {
                 info.func_symbols.push(FuncSymbol {
                     name: String::from_utf8_lossy(name).into_owned(),
@@ -210,6 +267,14 @@ pub(crate) fn parse(data: &[u8]) -> Result<ElfInfo, AnalysisError> {
     Ok(info)
 }
 
+/// The NUL-terminated string at `off` in `b`, if it ends within `max` bytes.
+fn cstr_at(b: &[u8], off: usize, max: usize) -> Option<&[u8]> {
+    let rest = b.get(off..)?;
+    let window = rest.get(..max.min(rest.len()))?;
+    let end = window.iter().position(|&c| c == 0)?;
+    window.get(..end)
+}
+
 /// Bytes of the file at `[offset, offset + len)`, if all present.
 fn file_range(data: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(offset).ok()?;
@@ -218,14 +283,40 @@ fn file_range(data: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 }
 
 impl ElfInfo {
+    /// Keeps the `R_X86_64_RELATIVE` relocations of `relas`.
+    fn add_relocs(
+        &mut self,
+        endian: Endianness,
+        relas: &[elf::Rela64<Endianness>],
+    ) -> Result<(), Limit> {
+        for r in relas {
+            if r.r_type(endian, false) == elf::R_X86_64_RELATIVE {
+                self.relative_relocs
+                    .insert(r.r_offset(endian), r.r_addend(endian) as u64);
+                check_limit!(
+                    "number of R_X86_64_RELATIVE relocations",
+                    self.relative_relocs.len(),
+                    MAX_RELOCATIONS
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the dynamic table at file `offset`: `DT_RELA` relocations and `DT_NEEDED`.
-    fn read_dynamic(&mut self, endian: Endianness, data: &[u8], offset: u64, size: u64) {
+    fn read_dynamic(
+        &mut self,
+        endian: Endianness,
+        data: &[u8],
+        offset: u64,
+        size: u64,
+    ) -> Result<(), Limit> {
         let Some(bytes) = file_range(data, offset, size) else {
-            return;
+            return Ok(());
         };
         let whole = bytes.get(..bytes.len() / 16 * 16).unwrap_or(&[]);
         let Ok(dyns) = object::slice_from_all_bytes::<elf::Dyn64<Endianness>>(whole) else {
-            return;
+            return Ok(());
         };
         let (mut rela, mut relasz, mut strtab, mut strsz) = (None, None, None, None);
         let mut needed = Vec::new();
@@ -237,7 +328,10 @@ impl ElfInfo {
                 elf::DT_RELASZ => relasz = Some(val),
                 elf::DT_STRTAB => strtab = Some(val),
                 elf::DT_STRSZ => strsz = Some(val),
-                elf::DT_NEEDED => needed.push(val),
+                elf::DT_NEEDED => {
+                    needed.push(val);
+                    check_limit!("number of DT_NEEDED entries", needed.len(), MAX_NEEDED)?;
+                }
                 _ => {}
             }
         }
@@ -251,12 +345,7 @@ impl ElfInfo {
                     )
                     .ok()
                 });
-            for r in relas.unwrap_or(&[]) {
-                if r.r_type(endian, false) == elf::R_X86_64_RELATIVE {
-                    self.relative_relocs
-                        .insert(r.r_offset(endian), r.r_addend(endian) as u64);
-                }
-            }
+            self.add_relocs(endian, relas.unwrap_or(&[]))?;
         }
         if let (Some(addr), Some(size)) = (strtab, strsz) {
             if let Some(strings) = self
@@ -268,14 +357,18 @@ impl ElfInfo {
                     else {
                         continue;
                     };
-                    let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
-                    let name = String::from_utf8_lossy(&rest[..end]).into_owned();
-                    if !self.needed.contains(&name) {
-                        self.needed.push(name);
+                    let window = rest.get(..rest.len().min(MAX_NEEDED_NAME_LEN + 1));
+                    let window = window.unwrap_or_default();
+                    let end = window.iter().position(|&c| c == 0).unwrap_or(window.len());
+                    check_limit!("length of a DT_NEEDED name", end, MAX_NEEDED_NAME_LEN)?;
+                    let name = String::from_utf8_lossy(rest.get(..end).unwrap_or_default());
+                    if !self.needed.iter().any(|n| *n == name) {
+                        self.needed.push(name.into_owned());
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// The first section with one of these names that has bytes in the file.

@@ -7,6 +7,8 @@
 //! reads or writes `prof.hz` at `&prof + 4` (MOVL/CMPL or another LEAQ), both RIP-relative.
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
+use std::collections::HashSet;
+
 use super::{GoBinary, MAX_FUNCTION_SIZE};
 
 impl GoBinary {
@@ -23,7 +25,7 @@ impl GoBinary {
         // RIP-relative addresses used by the function: LEA targets (with the register
         // they load) and memory operands of other instructions.
         let mut leas: Vec<(Register, u64)> = vec![];
-        let mut touched: Vec<u64> = vec![];
+        let mut touched: HashSet<u64> = HashSet::new();
         let mut lock_base: Vec<Register> = vec![];
         for ins in &mut decoder {
             if ins.is_invalid() {
@@ -33,24 +35,22 @@ impl GoBinary {
             if ins.mnemonic() == Mnemonic::Lea && rip_rel {
                 leas.push((ins.op0_register(), ins.ip_rel_memory_address()));
             } else if rip_rel {
-                touched.push(ins.ip_rel_memory_address());
+                touched.insert(ins.ip_rel_memory_address());
             }
             if ins.mnemonic() == Mnemonic::Cmpxchg
                 && ins.has_lock_prefix()
                 && (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
+                && !lock_base.contains(&ins.memory_base())
             {
                 lock_base.push(ins.memory_base());
             }
         }
         // &prof: loaded into the register a LOCK CMPXCHG then uses, and prof+4 is
         // used too (as a memory operand or another LEA).
+        let lea_addrs: HashSet<u64> = leas.iter().map(|(_, a)| *a).collect();
         leas.iter()
             .filter(|(reg, _)| lock_base.contains(reg))
-            .map(|(_, addr)| *addr)
-            .find(|base| {
-                let hz = base + 4;
-                touched.contains(&hz) || leas.iter().any(|(_, a)| *a == hz)
-            })
-            .map(|base| base + 4)
+            .filter_map(|(_, base)| base.checked_add(4))
+            .find(|hz| touched.contains(hz) || lea_addrs.contains(hz))
     }
 }

@@ -49,8 +49,12 @@ use std::sync::OnceLock;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 
+use super::limits::{
+    MAX_FILE_NAME_LEN, MAX_FUNCTION_SIZE, MAX_INLINE_DEPTH, MAX_INLINE_STEPS, MAX_INL_INDEX,
+    MAX_NAME_LEN,
+};
 use super::pclntab::{pcvalue_runs, FuncRec, MAGIC_GO118};
-use super::{find_moduledata, Func, GoBinary, MAX_FUNCTION_SIZE};
+use super::{find_moduledata, Func, GoBinary};
 
 /// `FUNCDATA_InlTree` (runtime/funcdata.h; the same index 1.18 to 1.27).
 pub const FUNCDATA_INL_TREE: usize = 3;
@@ -64,11 +68,6 @@ const MODULEDATA_GOFUNC_GO127: u64 = 344;
 /// Size of `runtime.inlinedCall`.
 const INLINED_CALL_GO118: usize = 20;
 const INLINED_CALL_GO120: usize = 16;
-/// The runtime views the tree as `*[1 << 20]inlinedCall`; larger indices are garbage.
-const MAX_INL_INDEX: i32 = 1 << 20;
-/// Longest chain of nested inlined calls followed (the compiler's budget keeps real
-/// ones far shorter; a cycle in a corrupt table stops here).
-const MAX_INLINE_DEPTH: usize = 256;
 /// How many inline trees are checked before a `gofunc` candidate is accepted.
 const GOFUNC_SAMPLE: usize = 32;
 
@@ -117,6 +116,9 @@ struct Insn {
     branch_target: Option<u64>,
 }
 
+/// Runs `(start, end, value)` of a pc-value table, in address order.
+type Runs = Vec<(u64, u64, i32)>;
+
 /// The inline tree of one function with its InlTreeIndex runs.
 struct FuncInline<'b> {
     bin: &'b GoBinary,
@@ -125,25 +127,49 @@ struct FuncInline<'b> {
     tree: u64,
     old_layout: bool,
     /// InlTreeIndex runs `(start, end, index)` in address order.
-    runs: Vec<(u64, u64, i32)>,
+    runs: Runs,
     nodes: HashMap<i32, Option<Node>>,
+    /// pcfile and pcln runs, decoded on first use (Go 1.20+ call sites).
+    file_line_runs: Option<(Runs, Runs)>,
+    /// Work done (tree entries visited, ranges recorded, runs and instructions
+    /// examined) and the most allowed: see [`GoBinary::inlined_calls`].
+    steps: usize,
+    budget: usize,
 }
 
 impl<'b> FuncInline<'b> {
-    /// The tree of `rec`, if it has one (and its InlTreeIndex table).
-    fn new(bin: &'b GoBinary, rec: &FuncRec, gofunc: u64) -> Option<FuncInline<'b>> {
-        let tab = bin.tab();
-        let off = bin.pcln.funcdata_off(tab, rec, FUNCDATA_INL_TREE)?;
-        let table = bin.pcln.pcdata_table(tab, rec, PCDATA_INL_TREE_INDEX)?;
-        let runs = pcvalue_runs(table, rec.entry, rec.end, bin.pcln.quantum);
+    /// The tree of `rec`, if it has one (and an InlTreeIndex table, not decoded).
+    fn tree(bin: &'b GoBinary, rec: &FuncRec, gofunc: u64) -> Option<FuncInline<'b>> {
+        let off = bin.pcln.funcdata_off(bin.tab(), rec, FUNCDATA_INL_TREE)?;
+        bin.pcln
+            .pcdata_table(bin.tab(), rec, PCDATA_INL_TREE_INDEX)?;
         Some(FuncInline {
             bin,
             rec: *rec,
             tree: gofunc.checked_add(u64::from(off))?,
             old_layout: bin.pcln.magic == MAGIC_GO118,
-            runs,
+            runs: Vec::new(),
             nodes: HashMap::new(),
+            file_line_runs: None,
+            steps: 0,
+            budget: 0,
         })
+    }
+
+    /// The tree of `rec` with its InlTreeIndex runs, allowed `budget` steps of work.
+    fn new(bin: &'b GoBinary, rec: &FuncRec, gofunc: u64, budget: usize) -> Option<Self> {
+        let table = bin
+            .pcln
+            .pcdata_table(bin.tab(), rec, PCDATA_INL_TREE_INDEX)?;
+        let mut fi = FuncInline::tree(bin, rec, gofunc)?;
+        fi.runs = pcvalue_runs(table, rec.entry, rec.end, bin.pcln.quantum);
+        fi.steps = fi.runs.len();
+        fi.budget = budget;
+        Some(fi)
+    }
+
+    fn over_budget(&self) -> bool {
+        self.steps > self.budget
     }
 
     fn read_node(&self, i: i32) -> Option<Node> {
@@ -189,11 +215,7 @@ impl<'b> FuncInline<'b> {
 
     /// The InlTreeIndex at `pc` (-1 outside every inlined body).
     fn index_at(&self, pc: u64) -> i32 {
-        let i = self.runs.partition_point(|r| r.1 <= pc);
-        match self.runs.get(i) {
-            Some(&(start, _, v)) if start <= pc => v,
-            _ => -1,
-        }
+        run_value(&self.runs, pc).unwrap_or(-1)
     }
 
     /// The PC of the call site instruction of `node`, if inside the function.
@@ -215,16 +237,37 @@ impl<'b> FuncInline<'b> {
     }
 
     /// Source position of the call of `node`, in its parent.
-    fn call_site(&self, node: &Node) -> Option<(String, u32)> {
+    fn call_site(&mut self, node: &Node) -> Option<(String, u32)> {
         let pcln = &self.bin.pcln;
         let tab = self.bin.tab();
-        match node.old {
-            Some((_, file, line)) => {
-                let cu = pcln.cu_offset(tab, &self.rec)?;
-                Some((pcln.file_name(tab, cu, file)?, u32::try_from(line).ok()?))
+        let cu = pcln.cu_offset(tab, &self.rec)?;
+        let (fileno, line) = match node.old {
+            Some((_, file, line)) => (file, line),
+            None => {
+                // pcfile and pcln at the call site, decoded once per function (not
+                // once per call: a hostile table could hold a million of them).
+                let pc = self.parent_pc(node)?;
+                if self.file_line_runs.is_none() {
+                    let rec = self.rec;
+                    let decode = |t: Option<&[u8]>| {
+                        t.map(|t| pcvalue_runs(t, rec.entry, rec.end, pcln.quantum))
+                            .unwrap_or_default()
+                    };
+                    let (file, line) = pcln.file_line_tables(tab, &rec);
+                    let runs = (decode(file), decode(line));
+                    self.steps += runs.0.len() + runs.1.len();
+                    self.file_line_runs = Some(runs);
+                }
+                let (file, line) = self.file_line_runs.as_ref()?;
+                let (file, line) = (run_value(file, pc), run_value(line, pc));
+                (file?, line?)
             }
-            None => pcln.file_line(tab, &self.rec, self.parent_pc(node)?),
-        }
+        };
+        let file = pcln.file_name(tab, cu, fileno);
+        // Each name read is counted: a hostile table could name one long string in
+        // every call.
+        self.steps += file.as_ref().map_or(MAX_FILE_NAME_LEN, |f| f.len());
+        Some((file?, u32::try_from(line).ok()?))
     }
 
     /// A sanity check of entry 0 used to validate a `gofunc` candidate.
@@ -247,10 +290,15 @@ impl<'b> FuncInline<'b> {
         let mut matching = Vec::new();
         let mut k = idx;
         for _ in 0..MAX_INLINE_DEPTH {
+            self.steps += 1;
+            if self.over_budget() {
+                break;
+            }
             let Some(node) = self.node(k) else {
                 break;
             };
-            if self.name(&node) == Some(callee) && !matching.contains(&k) {
+            let pcln = &self.bin.pcln;
+            if pcln.name_is(self.bin.tab(), node.name_off, callee) && !matching.contains(&k) {
                 matching.push(k);
             }
             let next = self.parent(&node);
@@ -278,10 +326,23 @@ impl<'b> FuncInline<'b> {
                 Entry::Vacant(e) => e.insert(self.matching_ancestors(idx, callee)),
             };
             for &k in matching.iter() {
+                self.steps += 1;
                 out.entry(k).or_default().push((start, end));
+            }
+            if self.over_budget() {
+                break; // hostile: fewer results
             }
         }
         out
+    }
+}
+
+/// The value of the run containing `pc`.
+fn run_value(runs: &[(u64, u64, i32)], pc: u64) -> Option<i32> {
+    let i = runs.partition_point(|r| r.1 <= pc);
+    match runs.get(i) {
+        Some(&(start, _, v)) if start <= pc => Some(v),
+        _ => None,
     }
 }
 
@@ -410,7 +471,7 @@ impl GoBinary {
         }
         self.funcs
             .iter()
-            .filter_map(|rec| FuncInline::new(self, rec, gofunc))
+            .filter_map(|rec| FuncInline::tree(self, rec, gofunc))
             .take(GOFUNC_SAMPLE)
             .all(|fi| fi.first_node_plausible())
     }
@@ -434,67 +495,87 @@ impl GoBinary {
     /// the entry a loop header that runs once per iteration; a body reached only by
     /// an indirect jump is not seen as entered.
     ///
-    /// Callers larger than [`MAX_FUNCTION_SIZE`] are not searched. Never fails: a
-    /// missing or corrupt tree yields fewer (or no) results.
+    /// Callers larger than [`MAX_FUNCTION_SIZE`] are not searched. The whole search
+    /// does at most [`MAX_INLINE_STEPS`] steps of work (pc-value runs decoded, tree
+    /// entries visited, ranges recorded, instructions examined per instance), far
+    /// more than the largest real binaries need. Never fails: a missing or
+    /// corrupt tree, or one past that budget, yields fewer (or no) results.
     pub fn inlined_calls(&self, callee: &str) -> Vec<InlinedCall> {
         let Some(gofunc) = self.funcdata_base() else {
             return Vec::new();
         };
         let mut out = Vec::new();
+        let mut spent = 0usize;
         for rec in &self.funcs {
+            if spent > MAX_INLINE_STEPS {
+                break;
+            }
             if rec.end.saturating_sub(rec.entry) > MAX_FUNCTION_SIZE {
                 continue; // not decoded either (see probe_point)
             }
-            let Some(mut fi) = FuncInline::new(self, rec, gofunc) else {
+            let budget = MAX_INLINE_STEPS - spent;
+            let Some(mut fi) = FuncInline::new(self, rec, gofunc, budget) else {
                 continue;
             };
-            if fi.runs.iter().all(|r| r.2 < 0) {
-                continue;
-            }
-            let instances = fi.instances_of(callee.as_bytes());
-            if instances.is_empty() {
-                continue;
-            }
-            let caller = self.func(rec);
-            let insns = self.decode_func(&caller).unwrap_or_default();
-            for (k, ranges) in instances {
-                let Some(node) = fi.node(k) else {
-                    continue;
-                };
-                let ranges = merge_ranges(ranges);
-                let parent_idx = fi.parent(&node);
-                let parent = if parent_idx < 0 {
-                    caller.name.clone()
-                } else {
-                    fi.node(parent_idx)
-                        .and_then(|p| fi.name(&p))
-                        .map(|n| String::from_utf8_lossy(n).into_owned())
-                        .unwrap_or_default()
-                };
-                let (call_file, call_line) = fi.call_site(&node).unwrap_or_default();
-                let probe = if insns.is_empty() {
-                    ranges.first().map(|r| r.0)
-                } else {
-                    choose_probe(&insns, &ranges, caller.entry)
-                };
-                let Some(probe_vaddr) = probe else {
-                    continue;
-                };
-                let Some(probe_file_offset) = self.file_offset(probe_vaddr) else {
-                    continue;
-                };
-                out.push(InlinedCall {
-                    caller: caller.name.clone(),
-                    parent,
-                    call_file,
-                    call_line,
-                    ranges,
-                    probe_vaddr,
-                    probe_file_offset,
-                });
-            }
+            self.search_caller(&mut fi, callee.as_bytes(), &mut out);
+            spent = spent.saturating_add(fi.steps);
         }
         out
+    }
+
+    /// The inlined instances of `callee` in the function of `fi`, into `out`.
+    fn search_caller(&self, fi: &mut FuncInline<'_>, callee: &[u8], out: &mut Vec<InlinedCall>) {
+        if fi.runs.iter().all(|r| r.2 < 0) {
+            return;
+        }
+        let instances = fi.instances_of(callee);
+        if instances.is_empty() {
+            return;
+        }
+        let rec = fi.rec;
+        let caller = self.func(&rec);
+        let insns = self.decode_func(&caller).unwrap_or_default();
+        fi.steps += insns.len();
+        for (k, ranges) in instances {
+            fi.steps += insns.len() + ranges.len() + caller.name.len();
+            if fi.over_budget() {
+                return;
+            }
+            let Some(node) = fi.node(k) else {
+                continue;
+            };
+            let ranges = merge_ranges(ranges);
+            let parent_idx = fi.parent(&node);
+            let parent = if parent_idx < 0 {
+                caller.name.clone()
+            } else {
+                let name = fi.node(parent_idx).and_then(|p| fi.name(&p));
+                fi.steps += name.map_or(MAX_NAME_LEN, <[u8]>::len);
+                name.map(|n| String::from_utf8_lossy(n).into_owned())
+                    .unwrap_or_default()
+            };
+            let (call_file, call_line) = fi.call_site(&node).unwrap_or_default();
+            let probe = if insns.is_empty() {
+                ranges.first().map(|r| r.0)
+            } else {
+                choose_probe(&insns, &ranges, caller.entry)
+            };
+            let Some(probe_vaddr) = probe else {
+                continue;
+            };
+            let Some(probe_file_offset) = self.file_offset(probe_vaddr) else {
+                continue;
+            };
+            out.push(InlinedCall {
+                caller: caller.name.clone(),
+                parent,
+                call_file,
+                call_line,
+                ranges,
+                probe_vaddr,
+                probe_file_offset,
+            });
+        }
     }
 
     /// The instructions of `f` (None when too large or not mapped).

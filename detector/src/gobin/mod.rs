@@ -14,20 +14,23 @@ use std::path::Path;
 
 mod buildinfo;
 mod elf;
+#[doc(hidden)]
+pub mod fuzzing;
 mod globals;
 mod inline;
+pub mod limits;
 mod pclntab;
-mod prologue;
+pub(crate) mod prologue;
 pub mod version;
 
 pub use inline::InlinedCall;
+pub use limits::{Limit, MAX_FUNCTION_SIZE};
 pub use pclntab::{MAGIC_GO118, MAGIC_GO120};
 pub use version::GoVersion;
 
+use limits::{check_limit, MAX_BINARY_SIZE};
 use pclntab::{FuncRec, PclnError, Pclntab};
 
-/// Functions larger than this are not decoded.
-pub const MAX_FUNCTION_SIZE: u64 = 1 << 20;
 /// Offset of `moduledata.text` (amd64): after pcHeader, five slices, ftab,
 /// findfunctab, minpc, maxpc. Unchanged from Go 1.16 to 1.27.
 const MODULEDATA_TEXT: u64 = 176;
@@ -59,6 +62,14 @@ pub enum AnalysisError {
     NoSuchFunction(String),
     #[error("function {name} at {entry:#x} is not in an executable segment of the file")]
     NotMapped { name: String, entry: u64 },
+    #[error("corrupt or hostile binary: {0}")]
+    LimitExceeded(Limit),
+}
+
+impl From<Limit> for AnalysisError {
+    fn from(l: Limit) -> Self {
+        AnalysisError::LimitExceeded(l)
+    }
 }
 
 /// Facts about a binary as a whole.
@@ -178,10 +189,22 @@ impl GoBinary {
         if len == 0 {
             return Err(AnalysisError::NotElf);
         }
+        check_limit!("file size", len, MAX_BINARY_SIZE)?;
         // SAFETY: the map is read-only and private to this value; a file truncated by
         // someone else while mapped could fault, the same as for any ELF loader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Self::from_bytes(Bytes::Mapped(map))
+    }
+
+    /// Drops the pages of the mapped file from this process's resident set (they stay
+    /// in the page cache; the next read faults them back in). `watch` calls it once a
+    /// binary is analysed: later lookups touch only a few pclntab pages.
+    pub fn release_pages(&self) {
+        if let Bytes::Mapped(m) = &self.bytes {
+            // SAFETY: the mapping is a private read-only view of a file: MADV_DONTNEED
+            // cannot lose data, later reads see the file's contents again.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 
     /// Parses a binary held in memory (pure; for tests and fuzzing).
@@ -191,11 +214,15 @@ impl GoBinary {
 
     fn from_bytes(bytes: Bytes) -> Result<GoBinary, AnalysisError> {
         let data = bytes.as_slice();
+        check_limit!("file size", data.len(), MAX_BINARY_SIZE)?;
         let elf = elf::parse(data)?;
         let build = buildinfo::locate(data, &elf).map(|b| buildinfo::parse(b, data, &elf));
         let build = match build {
             Some(Ok(b)) => Some(b),
-            Some(Err(e)) => return Err(AnalysisError::Corrupt(format!("bad .go.buildinfo: {e}"))),
+            Some(Err(buildinfo::BuildInfoError::Bad(e))) => {
+                return Err(AnalysisError::Corrupt(format!("bad .go.buildinfo: {e}")))
+            }
+            Some(Err(buildinfo::BuildInfoError::Limit(l))) => return Err(l.into()),
             None => None,
         };
         let go_version = build.as_ref().and_then(|b| GoVersion::parse(&b.version));
@@ -226,12 +253,15 @@ impl GoBinary {
             Err(PclnError::Bad(e)) => {
                 return Err(AnalysisError::Corrupt(format!("bad pclntab: {e}")))
             }
+            Err(PclnError::Limit(l)) => return Err(l.into()),
         };
         let tab = pcln.bytes(data);
         let (text_start, text_start_source) = text_base(data, &elf, &pcln)?;
-        let funcs = pcln
-            .functions(tab, text_start)
-            .map_err(|e| AnalysisError::Corrupt(format!("bad pclntab: {e:?}")))?;
+        let funcs = pcln.functions(tab, text_start).map_err(|e| match e {
+            PclnError::Limit(l) => AnalysisError::LimitExceeded(l),
+            PclnError::Bad(e) => AnalysisError::Corrupt(format!("bad pclntab: {e}")),
+            PclnError::OldMagic(m) => AnalysisError::Corrupt(format!("pclntab magic {m:#x}")),
+        })?;
         // The first function must be code in the file, or the text base is wrong.
         let first = funcs.first().map(|f| f.entry).unwrap_or(text_start);
         if !elf.is_executable_addr(first) {

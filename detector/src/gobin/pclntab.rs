@@ -9,6 +9,10 @@
 //! last entry offset is the end of text. `_func` begins entryOff u32, nameOff i32,
 //! args, deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset (all u32).
 use super::elf::ElfInfo;
+use super::limits::{
+    check_limit, Limit, MAX_FILE_NAME_LEN, MAX_FUNCS, MAX_NAME_LEN, MAX_PCLNTAB_CANDIDATES,
+    MAX_PCVALUE_STEPS,
+};
 
 /// Go 1.2 to 1.15: not supported.
 pub(crate) const MAGIC_GO12: u32 = 0xffff_fffb;
@@ -32,10 +36,6 @@ const FUNC_CU_OFFSET: usize = 32;
 /// `pcdata[npcdata]` and then `funcdata[nfuncdata]` follow.
 const FUNC_HEADER_GO118: usize = 40;
 const FUNC_HEADER_GO120: usize = 44;
-/// At most this many (value, pc) steps are decoded from one pc-value table.
-const MAX_PCVALUE_STEPS: usize = 1 << 20;
-/// A name longer than this is garbage.
-const MAX_NAME_LEN: usize = 1 << 20;
 
 /// Reads a little-endian u32 at `off`.
 pub(crate) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
@@ -73,7 +73,7 @@ pub fn pcvalue(table: &[u8], entry: u64, target: u64, quantum: u64) -> Option<i3
     let mut p = table;
     let mut pc = entry;
     let mut val: i32 = -1;
-    loop {
+    for _ in 0..MAX_PCVALUE_STEPS {
         let (uv, n) = read_uvarint(p)?;
         if uv == 0 && pc != entry {
             return None;
@@ -96,6 +96,7 @@ pub fn pcvalue(table: &[u8], entry: u64, target: u64, quantum: u64) -> Option<i3
             return None; // cannot make progress
         }
     }
+    None
 }
 
 /// Every run of a pc-value table within `[entry, end)`: `(start, end, value)` with
@@ -188,6 +189,13 @@ pub(crate) enum PclnError {
     /// A pre-1.18 table (magic given).
     OldMagic(u32),
     Bad(String),
+    Limit(Limit),
+}
+
+impl From<Limit> for PclnError {
+    fn from(l: Limit) -> Self {
+        PclnError::Limit(l)
+    }
 }
 
 fn bad<T>(msg: impl Into<String>) -> Result<T, PclnError> {
@@ -230,6 +238,7 @@ impl Pclntab {
         if nfunc == 0 || need.is_none_or(|n| n > tab.len() as u64) {
             return bad(format!("pclntab function count {nfunc} does not fit"));
         }
+        check_limit!("pclntab function count", nfunc, MAX_FUNCS)?;
         Ok(Pclntab {
             file_offset,
             len: tab.len(),
@@ -307,8 +316,18 @@ impl Pclntab {
     /// (what `_func.nameOff` and inline tree entries hold).
     pub fn name_at<'t>(&self, tab: &'t [u8], name_off: u32) -> Option<&'t [u8]> {
         let start = self.funcname.checked_add(name_off as usize)?;
-        let len = cstr_len(tab, start)?;
+        let len = cstr_len(tab, start, MAX_NAME_LEN)?;
         tab.get(start..start.checked_add(len)?)
+    }
+
+    /// Whether the name at `name_off` (as for [`Pclntab::name_at`]) is `name`, reading
+    /// no more than its length.
+    pub fn name_is(&self, tab: &[u8], name_off: u32, name: &[u8]) -> bool {
+        let Some(start) = self.funcname.checked_add(name_off as usize) else {
+            return false;
+        };
+        let end = start.saturating_add(name.len());
+        tab.get(start..end) == Some(name) && tab.get(end) == Some(&0)
     }
 
     /// `_func.cuOffset`: where the function's compilation unit starts in cutab.
@@ -324,7 +343,7 @@ impl Pclntab {
             return None;
         }
         let start = self.filetab.checked_add(file_off as usize)?;
-        let len = cstr_len(tab, start)?;
+        let len = cstr_len(tab, start, MAX_FILE_NAME_LEN)?;
         let name = tab.get(start..start.checked_add(len)?)?;
         Some(String::from_utf8_lossy(name).into_owned())
     }
@@ -348,6 +367,10 @@ impl Pclntab {
         let mut next = self
             .functab(tab, 0)
             .ok_or_else(|| corrupt(0, "truncated"))?;
+        // Real names are distinct strings of the name table; hostile `_func`s could
+        // all name one long string, and each name is scanned for its NUL.
+        let name_budget = tab.len().saturating_mul(2);
+        let mut name_bytes = 0usize;
         for i in 0..self.nfunc {
             let (entry_off, func_off) = next;
             next = self
@@ -369,7 +392,17 @@ impl Pclntab {
                 .funcname
                 .checked_add(name_rel as usize)
                 .ok_or_else(|| corrupt(i, "bad name offset"))?;
-            let name_len = cstr_len(tab, name_off).ok_or_else(|| corrupt(i, "bad name"))?;
+            let name_len =
+                cstr_len(tab, name_off, MAX_NAME_LEN).ok_or_else(|| corrupt(i, "bad name"))?;
+            name_bytes = name_bytes.saturating_add(name_len);
+            if name_bytes > name_budget {
+                return Err(PclnError::Limit(Limit {
+                    what: "bytes of function names",
+                    value: name_bytes as u64,
+                    limit: "2 x pclntab size",
+                    max: name_budget as u64,
+                }));
+            }
             let entry = text_start
                 .checked_add(u64::from(entry_off))
                 .ok_or_else(|| corrupt(i, "entry overflows"))?;
@@ -400,14 +433,30 @@ impl Pclntab {
             .unwrap_or(&[])
     }
 
-    /// Value of the pc-value table at `_func` field `field` for `pc`.
-    fn func_pcvalue(&self, tab: &[u8], f: &FuncRec, field: usize, pc: u64) -> Option<i32> {
+    /// The pc-value table at `_func` field `field` (None when absent).
+    fn func_table<'t>(&self, tab: &'t [u8], f: &FuncRec, field: usize) -> Option<&'t [u8]> {
         let off = u32_at(tab, f.func_off.checked_add(field)?)?;
         if off == 0 {
             return None;
         }
-        let table = tab.get(self.pctab.checked_add(off as usize)?..)?;
-        pcvalue(table, f.entry, pc, self.quantum)
+        tab.get(self.pctab.checked_add(off as usize)?..)
+    }
+
+    /// Value of the pc-value table at `_func` field `field` for `pc`.
+    fn func_pcvalue(&self, tab: &[u8], f: &FuncRec, field: usize, pc: u64) -> Option<i32> {
+        pcvalue(self.func_table(tab, f, field)?, f.entry, pc, self.quantum)
+    }
+
+    /// The file number and line tables of `f` (`pcfile`, `pcln`).
+    pub fn file_line_tables<'t>(
+        &self,
+        tab: &'t [u8],
+        f: &FuncRec,
+    ) -> (Option<&'t [u8]>, Option<&'t [u8]>) {
+        (
+            self.func_table(tab, f, FUNC_PCFILE),
+            self.func_table(tab, f, FUNC_PCLN),
+        )
     }
 
     /// Source file and line of `pc` within `f` (the innermost, possibly inlined, position).
@@ -435,9 +484,9 @@ pub(crate) fn wrapper_func_id(v: super::GoVersion) -> u8 {
 }
 
 /// Length of the NUL-terminated string at `off`.
-fn cstr_len(b: &[u8], off: usize) -> Option<usize> {
+fn cstr_len(b: &[u8], off: usize, max: usize) -> Option<usize> {
     let rest = b.get(off..)?;
-    let window = rest.get(..MAX_NAME_LEN.min(rest.len()))?;
+    let window = rest.get(..max.min(rest.len()))?;
     window.iter().position(|&c| c == 0)
 }
 
@@ -472,6 +521,7 @@ pub(crate) fn locate(data: &[u8], elf: &ElfInfo) -> Result<Option<Pclntab>, Pcln
     let mut segs: Vec<_> = elf.segments.iter().collect();
     segs.sort_by_key(|s| (s.executable(), s.writable()));
     let mut old = None;
+    let mut candidates = 0usize;
     for seg in segs {
         let (Ok(start), Ok(len)) = (usize::try_from(seg.offset), usize::try_from(seg.filesz))
         else {
@@ -487,13 +537,19 @@ pub(crate) fn locate(data: &[u8], elf: &ElfInfo) -> Result<Option<Pclntab>, Pcln
                 let vaddr = seg.vaddr.saturating_add(i as u64);
                 match Pclntab::parse(&bytes[i..], start + i, vaddr) {
                     Ok(p) => {
+                        candidates += 1;
+                        check_limit!(
+                            "candidate pclntab headers",
+                            candidates,
+                            MAX_PCLNTAB_CANDIDATES
+                        )?;
                         // A real table has a sorted, consistent function table.
                         if p.functions(&bytes[i..], 0).is_ok() {
                             return Ok(Some(p));
                         }
                     }
                     Err(PclnError::OldMagic(m)) => old = Some(m),
-                    Err(PclnError::Bad(_)) => {}
+                    Err(PclnError::Bad(_) | PclnError::Limit(_)) => {}
                 }
             }
             i += 8;
@@ -615,5 +671,43 @@ mod tests {
         let mut huge = header(MAGIC_GO120, u64::MAX);
         huge.extend_from_slice(&[0; 64]);
         assert!(Pclntab::parse(&huge, 0, 0).is_err());
+    }
+
+    #[test]
+    fn function_count_and_name_limits() {
+        // More functions than MAX_FUNCS, though their table would fit.
+        let mut h = header(MAGIC_GO120, MAX_FUNCS as u64 + 1);
+        h.resize(HEADER_LEN + (MAX_FUNCS + 2) * 8, 0);
+        match Pclntab::parse(&h, 0, 0) {
+            Err(PclnError::Limit(l)) => assert_eq!((l.limit, l.max), ("MAX_FUNCS", 4_000_000)),
+            other => panic!("{other:?}"),
+        }
+        // 64 functions whose `_func`s all name one 4 kB string: more name bytes than
+        // a table of this size can hold.
+        let n = 64usize;
+        let func_rel = (n + 1) * 8;
+        let name_off = HEADER_LEN + func_rel + FUNC_HEADER_GO120;
+        let mut t = MAGIC_GO120.to_le_bytes().to_vec();
+        t.extend_from_slice(&[0, 0, 1, 8]);
+        for v in [n, 1, 0x401000, name_off, 72, 72, 72, 72] {
+            t.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        for _ in 0..n {
+            t.extend_from_slice(&0u32.to_le_bytes());
+            t.extend_from_slice(&(func_rel as u32).to_le_bytes());
+        }
+        t.extend_from_slice(&[0; 8]); // end of text
+        t.extend_from_slice(&[0; FUNC_HEADER_GO120]); // entryOff 0, nameOff 0
+        t.extend_from_slice(&[b'a'; 4096]);
+        t.push(0);
+        let p = Pclntab::parse(&t, 0, 0).unwrap();
+        match p.functions(&t, 0) {
+            Err(PclnError::Limit(l)) => assert_eq!(l.what, "bytes of function names"),
+            other => panic!("{other:?}"),
+        }
+        // One such function is fine.
+        t[8..16].copy_from_slice(&1u64.to_le_bytes());
+        let p = Pclntab::parse(&t, 0, 0).unwrap();
+        assert_eq!(p.functions(&t, 0).unwrap()[0].name_len, 4096);
     }
 }

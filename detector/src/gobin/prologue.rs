@@ -34,6 +34,26 @@ fn is_stack_guard_cmp(ins: &Instruction) -> bool {
     })
 }
 
+/// Whether Linux x86 uprobes emulate the instruction at the start of `code` (PUSH of a
+/// register, JMP/CALL rel, Jcc, one-byte NOP: arch/x86/kernel/uprobes.c) instead of
+/// single-stepping it out of line. Single-stepping takes a second trap (a debug
+/// exception), which costs 3-30× more, most in virtual machines.
+pub fn kernel_emulates(code: &[u8]) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let ins = decoder.decode();
+    if ins.is_invalid() {
+        return false;
+    }
+    match ins.mnemonic() {
+        Mnemonic::Push => ins.op_count() == 1 && ins.op0_kind() == OpKind::Register,
+        Mnemonic::Jmp | Mnemonic::Call => {
+            matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32)
+        }
+        Mnemonic::Nop => code.first() == Some(&0x90),
+        _ => is_conditional_jump(&ins),
+    }
+}
+
 fn is_conditional_jump(ins: &Instruction) -> bool {
     ins.flow_control() == FlowControl::ConditionalBranch && ins.is_jcc_short_or_near()
 }
@@ -77,6 +97,23 @@ pub(crate) fn analyze(code: &[u8], entry: u64) -> CodeFacts {
     CodeFacts {
         after_stack_check,
         rets,
+    }
+}
+
+#[cfg(test)]
+mod emulation_tests {
+    use super::kernel_emulates;
+
+    #[test]
+    fn push_and_branches_are_emulated_the_rest_single_stepped() {
+        assert!(kernel_emulates(&[0x55])); // push rbp (Go 1.21+ frames)
+        assert!(kernel_emulates(&[0x41, 0x57])); // push r15
+        assert!(kernel_emulates(&[0xe8, 0, 0, 0, 0])); // call rel32
+        assert!(kernel_emulates(&[0x0f, 0x86, 0, 0, 0, 0])); // jbe rel32
+        assert!(kernel_emulates(&[0x90]));
+        assert!(!kernel_emulates(&[0x48, 0x81, 0xec, 0x08, 0x01, 0, 0])); // sub rsp (Go 1.19)
+        assert!(!kernel_emulates(&[0x48, 0x89, 0xe5])); // mov rbp, rsp
+        assert!(!kernel_emulates(&[]));
     }
 }
 

@@ -102,6 +102,35 @@ fn wrong_machine_is_named() {
 }
 
 #[test]
+fn too_many_segments_is_a_named_limit() {
+    let n = limits::MAX_LOAD_SEGMENTS + 1;
+    let mut v = vec![0u8; 64 + n * 56];
+    v[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    v[16] = 2; // ET_EXEC
+    v[18] = 62; // EM_X86_64
+    v[20] = 1;
+    v[32] = 64; // e_phoff
+    v[52] = 64; // e_ehsize
+    v[54] = 56; // e_phentsize
+    v[56..58].copy_from_slice(&(n as u16).to_le_bytes());
+    for i in 0..n {
+        v[64 + i * 56] = 1; // PT_LOAD
+    }
+    let e = GoBinary::parse(v.clone()).unwrap_err();
+    assert!(
+        matches!(e, AnalysisError::LimitExceeded(ref l) if l.limit == "MAX_LOAD_SEGMENTS"),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "corrupt or hostile binary: number of PT_LOAD segments is 33, above detector's limit MAX_LOAD_SEGMENTS = 32"
+    );
+    // One fewer is within the limit (and then simply not a Go binary).
+    v[56..58].copy_from_slice(&((n - 1) as u16).to_le_bytes());
+    assert!(matches!(GoBinary::parse(v), Err(AnalysisError::NotGo)));
+}
+
+#[test]
 fn truncated_binaries_fail_cleanly() {
     let full = sample_binary();
     let mut rng = Rng(7);

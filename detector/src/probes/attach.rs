@@ -4,20 +4,22 @@
 use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
 };
 
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf,
 };
 use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats};
 
-use super::plan::{Plan, Program};
+use super::plan::{Plan, PlannedProbe, Program};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
 
@@ -29,21 +31,33 @@ pub enum ProbeError {
     Load(String),
     #[error("no probe could be attached to {target}: {first_error}; check that the kernel supports uprobes (/sys/bus/event_source/devices/uprobe)")]
     NothingAttached { target: String, first_error: String },
+    #[error("this kernel has no uprobe support: {UPROBE_PMU_TYPE} is missing; detector needs Linux 5.15+ built with CONFIG_UPROBE_EVENTS (and /sys mounted)")]
+    NoUprobeSupport,
 }
 
+/// Where the kernel's uprobe PMU announces itself (aya creates uprobes through it).
+const UPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/uprobe/type";
+
 /// Linux capability numbers (include/uapi/linux/capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// Checks the effective capabilities needed to load BPF and create uprobes.
-pub fn check_privileges() -> Result<(), ProbeError> {
+/// The effective capability set of this process.
+fn effective_caps() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Checks the effective capabilities needed to load BPF and create uprobes.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    let eff = effective_caps();
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -60,6 +74,24 @@ pub fn check_privileges() -> Result<(), ProbeError> {
     })
 }
 
+/// What `watch` can do without, but then sees less: a warning naming what is lost.
+pub fn watch_privilege_warning() -> Option<String> {
+    let eff = effective_caps();
+    let mut lost = Vec::new();
+    if eff & (1u64 << CAP_SYS_PTRACE) == 0 {
+        lost.push("CAP_SYS_PTRACE (to open other users' /proc/PID/exe and read runtime.prof.hz)");
+    }
+    if eff & (1u64 << CAP_DAC_READ_SEARCH) == 0 {
+        lost.push("CAP_DAC_READ_SEARCH (to read binaries other users cannot)");
+    }
+    (!lost.is_empty()).then(|| {
+        format!(
+            "without {}, processes of other users are skipped; grant them (deploy/ shows how) to watch every Go process",
+            lost.join(" and ")
+        )
+    })
+}
+
 /// The loaded eBPF object: programs verified and loaded, maps shared by every probe
 /// attached through it. Dropping it detaches everything.
 pub struct Probes {
@@ -69,7 +101,13 @@ pub struct Probes {
 /// The probes of one plan attached through [`Probes::attach_plan`].
 #[derive(Debug, Default)]
 pub struct AttachedPlan {
-    links: Vec<(Program, UProbeLinkId)>,
+    /// Parallel to `Plan::probes`: the live link of each probe (None when it failed to
+    /// attach, or is detached for now by the overhead budget's duty cycle).
+    links: Vec<Option<(Program, UProbeLinkId)>>,
+    /// Where and for whom the probes go, to re-attach one later.
+    target: PathBuf,
+    pid: Option<u32>,
+    id_base: u32,
     /// Probes attached.
     pub attached: usize,
     /// Probes that failed to attach: (symbol, error).
@@ -79,6 +117,7 @@ pub struct AttachedPlan {
 /// Loaded programs with one plan attached (what `diagnose` uses).
 pub struct Attached {
     probes: Probes,
+    plan: AttachedPlan,
     /// Probes attached.
     pub attached: usize,
     /// Probes that failed to attach: (symbol, error).
@@ -110,7 +149,8 @@ pub fn attach(plan: &Plan, target: &Path, pid: Option<u32>) -> Result<Attached, 
     Ok(Attached {
         probes,
         attached: a.attached,
-        failures: a.failures,
+        failures: a.failures.clone(),
+        plan: a,
     })
 }
 
@@ -148,32 +188,28 @@ impl Probes {
         pid: Option<u32>,
         id_base: u32,
     ) -> Result<AttachedPlan, ProbeError> {
-        let scope = match pid.and_then(NonZeroU32::new) {
-            Some(pid) => UProbeScope::OneProcess(pid),
-            None => UProbeScope::AllProcesses,
+        let mut out = AttachedPlan {
+            target: target.to_path_buf(),
+            pid,
+            id_base,
+            ..AttachedPlan::default()
         };
-        let mut out = AttachedPlan::default();
         for probe in &plan.probes {
-            let cookie = if probe.program == Program::CountCall {
-                probe.cookie + id_base as u64
-            } else {
-                probe.cookie
-            };
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-                cookie: Some(cookie),
-            };
-            match self.program(probe.program).attach(point, target, scope) {
+            match self.attach_probe(probe, target, pid, id_base) {
                 Ok(link) => {
-                    out.links.push((probe.program, link));
+                    out.links.push(Some((probe.program, link)));
                     out.attached += 1;
                 }
-                Err(e) => out
-                    .failures
-                    .push((probe.symbol.to_string(), format!("{e:#}"))),
+                Err(e) => {
+                    out.links.push(None);
+                    out.failures.push((probe.symbol.to_string(), e));
+                }
             }
         }
         if out.attached == 0 && !plan.probes.is_empty() {
+            if !Path::new(UPROBE_PMU_TYPE).exists() {
+                return Err(ProbeError::NoUprobeSupport);
+            }
             return Err(ProbeError::NothingAttached {
                 target: target.display().to_string(),
                 first_error: out
@@ -186,13 +222,87 @@ impl Probes {
         Ok(out)
     }
 
-    /// Detaches the probes of one plan.
-    pub fn detach(&mut self, plan: AttachedPlan) {
-        for (p, link) in plan.links {
-            if let Err(e) = self.program(p).detach(link) {
-                log::warn!("detaching a {} probe: {e:#}", p.name());
+    fn attach_probe(
+        &mut self,
+        probe: &PlannedProbe,
+        target: &Path,
+        pid: Option<u32>,
+        id_base: u32,
+    ) -> Result<UProbeLinkId, String> {
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        let cookie = if probe.program == Program::CountCall {
+            probe.cookie + id_base as u64
+        } else {
+            probe.cookie
+        };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            cookie: Some(cookie),
+        };
+        self.program(probe.program)
+            .attach(point, target, scope)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Re-attaches probe `index` of `attached` (one the duty cycle detached); true when
+    /// it is live afterwards.
+    pub fn reattach(&mut self, plan: &Plan, attached: &mut AttachedPlan, index: usize) -> bool {
+        let (Some(probe), Some(slot)) = (plan.probes.get(index), attached.links.get(index)) else {
+            return false;
+        };
+        if slot.is_some() {
+            return true;
+        }
+        let target = attached.target.clone();
+        match self.attach_probe(probe, &target, attached.pid, attached.id_base) {
+            Ok(link) => {
+                attached.links[index] = Some((probe.program, link));
+                true
+            }
+            Err(e) => {
+                log::warn!("re-attaching {}: {e}", probe.symbol);
+                false
             }
         }
+    }
+
+    /// Detaches probe `index` of `attached` without waiting: the kernel removes the
+    /// breakpoint at once, then waits for RCU grace periods (about 0.1 s), which a
+    /// background thread sits out.
+    pub fn detach_later(&mut self, attached: &mut AttachedPlan, index: usize) {
+        let Some(Some((program, link))) = attached.links.get_mut(index).map(Option::take) else {
+            return;
+        };
+        match self.program(program).take_link(link) {
+            Ok(link) => release_in_background(vec![link]),
+            Err(e) => log::warn!("detaching a {} probe: {e:#}", program.name()),
+        }
+    }
+
+    /// Whether probe `index` of `attached` is live.
+    pub fn is_live(attached: &AttachedPlan, index: usize) -> bool {
+        attached.links.get(index).is_some_and(Option::is_some)
+    }
+
+    /// Detaches the probes of one plan, and waits until the kernel is done. Each
+    /// unregistration waits for RCU grace periods, so they run side by side.
+    pub fn detach(&mut self, plan: AttachedPlan) {
+        self.detach_many(std::iter::once(plan));
+    }
+
+    /// Detaches the probes of several plans at once (see [`Probes::detach`]).
+    pub fn detach_many(&mut self, plans: impl IntoIterator<Item = AttachedPlan>) {
+        let mut links = Vec::new();
+        for (p, link) in plans.into_iter().flat_map(|a| a.links).flatten() {
+            match self.program(p).take_link(link) {
+                Ok(l) => links.push(l),
+                Err(e) => log::warn!("detaching a {} probe: {e:#}", p.name()),
+            }
+        }
+        release_all(links);
     }
 
     /// Drops every kernel-side entry of processes that are gone, so the maps do not
@@ -239,6 +349,45 @@ impl Probes {
                 }
             }
         }
+    }
+}
+
+/// Drops `links` and returns when the kernel is done with them. The kernel
+/// unregisters uprobes one at a time (each waits for an RCU grace period, about
+/// 0.09 s on 6.x, under a global mutex), so dropping them on several threads would
+/// not be faster.
+fn release_all(links: Vec<UProbeLink>) {
+    if links.is_empty() {
+        return;
+    }
+    let t0 = Instant::now();
+    let n = links.len();
+    drop(links);
+    log::debug!("detached {n} probes in {:?}", t0.elapsed());
+}
+
+/// Background detaches not finished yet (see [`detaches_in_flight`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many probes are still being unregistered in the background. The duty cycle
+/// keeps cycled probes off while the kernel is behind, rather than queue more.
+pub fn detaches_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Drops `links` on a background thread (the duty cycle must not wait for it).
+fn release_in_background(links: Vec<UProbeLink>) {
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    let spawned = std::thread::Builder::new()
+        .name("detach".into())
+        .spawn(move || {
+            drop(links);
+            IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        });
+    if let Err(e) = spawned {
+        // The closure (and the links) came back inside the error and were dropped here.
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        log::warn!("could not start a thread to detach a probe: {e}");
     }
 }
 
@@ -300,6 +449,18 @@ impl Attached {
     /// Reads every map, summing the per-CPU slots.
     pub fn snapshot(&self) -> Snapshot {
         self.probes.snapshot()
+    }
+
+    /// The loaded object and the attached plan, for the duty cycle.
+    pub fn parts(&mut self) -> (&mut Probes, &mut AttachedPlan) {
+        (&mut self.probes, &mut self.plan)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let plan = std::mem::take(&mut self.plan);
+        self.probes.detach(plan);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Which probe goes where (`plan`, pure) and putting them into the kernel (`attach`,
 //! the only module that knows aya's API).
 pub mod attach;
+pub mod budget;
 pub mod catalog;
 pub mod plan;

@@ -87,6 +87,9 @@ pub struct PlannedProbe {
     pub vaddr: u64,
     pub file_offset: u64,
     pub cookie: u64,
+    /// The kernel cannot emulate the probed instruction and single-steps it: each hit
+    /// costs a second trap (see `probes::budget`).
+    pub single_step: bool,
 }
 
 /// A call probe's identity, indexed by the probe id in the cookie.
@@ -159,6 +162,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             vaddr: point.probe_vaddr,
             file_offset: point.probe_file_offset,
             cookie: cookie(probe_id, mode) | if forced { COOKIE_FORCED_GC_ENTER } else { 0 },
+            single_step: false,
         });
         if forced {
             for (vaddr, off) in point.rets.iter().zip(&point.ret_file_offsets) {
@@ -169,6 +173,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                     vaddr: *vaddr,
                     file_offset: *off,
                     cookie: 0,
+                    single_step: false,
                 });
             }
         }
@@ -207,6 +212,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 vaddr: s.probe_vaddr,
                 file_offset: s.probe_file_offset,
                 cookie: cookie(probe_id, ArgMode::None) | COOKIE_CALLER_IS_IP,
+                single_step: false,
             });
         }
     }
@@ -230,6 +236,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 } else {
                     STW_REASON_FROM_AL
                 },
+                single_step: false,
             });
             for (vaddr, off) in end_pt.rets.iter().zip(&end_pt.ret_file_offsets) {
                 stw.push(PlannedProbe {
@@ -239,6 +246,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                     vaddr: *vaddr,
                     file_offset: *off,
                     cookie: 0,
+                    single_step: false,
                 });
             }
         }
@@ -255,11 +263,17 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 vaddr: pt.probe_vaddr,
                 file_offset: pt.probe_file_offset,
                 cookie: 0,
+                single_step: false,
             });
         }
     }
     plan.stw = !stw.is_empty();
     plan.probes.extend(stw);
+    for p in &mut plan.probes {
+        p.single_step = !bin
+            .read_bytes_at(p.vaddr, 15)
+            .is_some_and(crate::gobin::prologue::kernel_emulates);
+    }
     plan
 }
 

@@ -21,6 +21,9 @@ pub struct ProbeInfo {
     pub attached: usize,
     pub failed: Vec<(String, String)>,
     pub skipped: Vec<Skipped>,
+    /// `--overhead-budget` in effect: percent of one core the probes may cost the
+    /// target (0: off). Calls whose probes it duty-cycled carry `sampled`.
+    pub overhead_budget_percent: f64,
 }
 
 /// What `diagnose` found: findings first, then the evidence.
@@ -73,6 +76,9 @@ pub struct FunctionReport {
     pub probe_file_offset: Option<u64>,
     pub stack_check: Option<bool>,
     pub rets: Option<usize>,
+    /// The kernel single-steps the probed instruction (each hit costs a second trap,
+    /// see docs/overhead.md) rather than emulating it.
+    pub single_step: Option<bool>,
     pub note: Option<String>,
 }
 

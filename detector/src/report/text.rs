@@ -61,8 +61,16 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     for s in called {
         let _ = writeln!(
             o,
-            "  {:<32} {:>9} calls {:>10.1}/s",
-            s.api, s.calls, s.per_second
+            "  {:<32} {:>9} calls {:>10.1}/s{}",
+            s.api,
+            s.calls,
+            s.per_second,
+            s.sampled
+                .map(|f| format!(
+                    "  (estimated: probed {:.1}% of the time, overhead budget)",
+                    f * 100.0
+                ))
+                .unwrap_or_default()
         );
         for site in s.sites.iter().take(3) {
             let _ = writeln!(
@@ -210,6 +218,9 @@ pub fn render_inspection(i: &Inspection) -> String {
         }
         if f.stack_check == Some(false) {
             notes.push("no stack check".into());
+        }
+        if f.single_step == Some(true) {
+            notes.push("single-stepped (a hit costs a second trap)".into());
         }
         if let Some(n) = &f.note {
             notes.push(n.clone());

@@ -15,6 +15,7 @@ pub const BLOCK_RULE: Rule = Rule {
     title: "block profile recording every blocking event",
     observes: "block-profile events recorded (runtime.saveblockevent) with the sampling rate in effect read from its arguments, and SetBlockProfileRate(rate) calls",
     thresholds: &["block_profile_min_rate_ns"],
+    counts: &["setblockprofilerate", "saveblockevent"],
     judge: judge_block,
 };
 
@@ -24,6 +25,7 @@ pub const MUTEX_RULE: Rule = Rule {
     title: "mutex profile recording every contention",
     observes: "mutex-profile events recorded (runtime.saveblockevent) with the fraction in effect read from its arguments (SetMutexProfileFraction is always inlined)",
     thresholds: &["mutex_profile_min_fraction"],
+    counts: &["saveblockevent"],
     judge: judge_mutex,
 };
 

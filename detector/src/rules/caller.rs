@@ -14,6 +14,7 @@ pub const RULE: Rule = Rule {
     observes:
         "calls to runtime.Caller, runtime.Callers and runtime.FuncForPC from user code, per second",
     thresholds: &["caller_per_second", "sustained_fraction"],
+    counts: &["caller", "callers", "funcforpc"],
     judge,
 };
 

@@ -16,6 +16,7 @@ pub const RATE_RULE: Rule = Rule {
     title: "CPU profiler running above the default 100 Hz",
     observes: "the profiling rate in effect read from the process's memory (runtime.prof.hz, located in setcpuprofilerate's code), SetCPUProfileRate(hz) calls, and SIGPROF handler runs (runtime.sigprof) per CPU-second",
     thresholds: &["cpu_profile_max_hz"],
+    counts: &["setcpuprofilerate", "sigprof"],
     judge: judge_rate,
 };
 
@@ -25,6 +26,7 @@ pub const UNBOUNDED_RULE: Rule = Rule {
     title: "CPU profile running without bound",
     observes: "the CPU profiler active (runtime.sigprof) in every second of a window longer than the longest reasonable profile, with no StopCPUProfile",
     thresholds: &["cpu_profile_max_window_s"],
+    counts: &["sigprof", "startcpuprofile", "stopcpuprofile"],
     judge: judge_unbounded,
 };
 

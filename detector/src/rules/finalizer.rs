@@ -14,6 +14,7 @@ pub const CLEANUP_RULE: Rule = Rule {
     title: "runtime.SetFinalizer used to release resources",
     observes: "SetFinalizer calls from user code per second whose finalizer function calls a Close method (finalizer read from the call's arguments, its calls decoded from the binary)",
     thresholds: &["finalizer_per_second", "sustained_fraction"],
+    counts: &["setfinalizer"],
     judge: judge_cleanup,
 };
 
@@ -23,6 +24,7 @@ pub const LEAK_RULE: Rule = Rule {
     title: "runtime.SetFinalizer on hot objects to count leaks",
     observes: "SetFinalizer calls from user code per second whose finalizer does not close anything (counting or logging finalizers)",
     thresholds: &["finalizer_per_second", "sustained_fraction"],
+    counts: &["setfinalizer"],
     judge: judge_leak,
 };
 

@@ -15,6 +15,7 @@ pub const GC_RULE: Rule = Rule {
     title: "runtime.GC() called repeatedly",
     observes: "calls to runtime.GC from user code, and the collector pauses that happen while a goroutine is inside runtime.GC (forced, not paced)",
     thresholds: &["periodic_min_calls"],
+    counts: &["gc"],
     judge: judge_gc,
 };
 
@@ -25,6 +26,7 @@ pub const FREEOSMEMORY_RULE: Rule = Rule {
     observes:
         "calls to debug.FreeOSMemory from user code, and the forced collection pauses they cause",
     thresholds: &["periodic_min_calls"],
+    counts: &["freeosmemory", "gc"],
     judge: judge_freeosmemory,
 };
 

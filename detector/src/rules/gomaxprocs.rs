@@ -13,6 +13,7 @@ pub const RULE: Rule = Rule {
     title: "runtime.GOMAXPROCS(n) set repeatedly",
     observes: "calls to runtime.GOMAXPROCS with n > 0 from user code (n is read from RAX), and the pauses with reason \"GOMAXPROCS\"",
     thresholds: &["gomaxprocs_min_calls"],
+    counts: &["gomaxprocs"],
     judge,
 };
 

@@ -13,6 +13,7 @@ pub const RULE: Rule = Rule {
     title: "goroutines locked to OS threads keep blocking",
     observes: "hand-offs to locked threads (runtime.startlockedm) per second, and calls to runtime.LockOSThread from user code",
     thresholds: &["lockedm_handoffs_per_second", "sustained_fraction"],
+    counts: &["lockosthread", "startlockedm"],
     judge,
 };
 

@@ -165,6 +165,8 @@ pub struct Rule {
     pub observes: &'static str,
     /// The thresholds it reads.
     pub thresholds: &'static [&'static str],
+    /// The counted calls it judges (catalog ids), to flag estimates in its evidence.
+    pub counts: &'static [&'static str],
     judge: fn(&Collected, &Thresholds) -> Vec<Finding>,
 }
 
@@ -191,9 +193,36 @@ pub const NOT_OBSERVABLE: &[(u8, &str, &str)] = &[];
 
 /// Runs every rule; findings come most severe first.
 pub fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let mut findings: Vec<Finding> = RULES.iter().flat_map(|r| (r.judge)(c, t)).collect();
+    let mut findings: Vec<Finding> = RULES
+        .iter()
+        .flat_map(|r| {
+            let mut found = (r.judge)(c, t);
+            for f in &mut found {
+                f.evidence.extend(sampling_notes(c, r.counts));
+            }
+            found
+        })
+        .collect();
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
+}
+
+/// Evidence lines for counts that are estimates: the overhead budget kept their probes
+/// live for only part of the window (see `probes::budget`).
+fn sampling_notes(c: &Collected, funcs: &[&str]) -> Vec<String> {
+    funcs
+        .iter()
+        .filter_map(|f| c.calls_of(f))
+        .filter_map(|s| {
+            let share = s.sampled?;
+            Some(format!(
+                "{} counts are estimates: its probe was live {:.1}% of the window to keep the \
+                 target within the overhead budget, and counts were scaled up by that share",
+                s.api,
+                share * 100.0
+            ))
+        })
+        .collect()
 }
 
 /// Share of ticks that saw at least one call.

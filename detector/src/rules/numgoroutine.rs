@@ -13,6 +13,7 @@ pub const RULE: Rule = Rule {
     title: "runtime.NumGoroutine polled in a hot loop",
     observes: "executions per second of runtime.NumGoroutine's inlined body in user functions (probes placed through the pclntab inline tree)",
     thresholds: &["numgoroutine_per_second", "sustained_fraction"],
+    counts: &["numgoroutine"],
     judge,
 };
 

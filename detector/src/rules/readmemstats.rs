@@ -14,6 +14,7 @@ pub const RULE: Rule = Rule {
     observes:
         "calls to runtime.ReadMemStats by call site, and the pauses with reason \"read mem stats\"",
     thresholds: &["readmemstats_per_second", "sustained_fraction"],
+    counts: &["readmemstats"],
     judge,
 };
 

@@ -13,6 +13,7 @@ pub const RULE: Rule = Rule {
     title: "runtime.Stack(buf, true) polled",
     observes: "calls to runtime.Stack with all=true from user code, and the pauses with reason \"all goroutines stack trace\"",
     thresholds: &["periodic_min_calls"],
+    counts: &["stack"],
     judge,
 };
 

@@ -12,6 +12,7 @@ pub const RULE: Rule = Rule {
     title: "execution tracer always on",
     observes: "the execution tracer's reader active (runtime.readTrace0 / ReadTrace) in every second of a window longer than an on-demand trace, with no trace.Stop",
     thresholds: &["trace_max_window_s"],
+    counts: &["tracereader", "starttrace", "tracestart", "tracestop"],
     judge,
 };
 

@@ -19,6 +19,7 @@ use crate::{
     gobin::GoBinary,
     probes::{
         attach::{AttachedPlan, Probes, Snapshot},
+        budget::{Budget, DutyCycle, Extrapolator},
         plan::{self, Plan},
     },
     report::{Diagnosis, ProbeInfo},
@@ -35,6 +36,8 @@ pub struct Config {
     pub window: Duration,
     /// At most this many processes are watched (and exported).
     pub max_processes: usize,
+    /// CPU the probes may cost each target process (see `probes::budget`).
+    pub budget: Budget,
 }
 
 /// One watched process, as exported.
@@ -49,14 +52,22 @@ pub struct ProcExport {
     /// Cumulative pauses by reason slug.
     pub pauses: BTreeMap<String, StwStats>,
     pub findings: Vec<(String, Severity)>,
-    pub diagnosis: Diagnosis,
+    /// Shared with the previous ticks' exports until the process is judged again.
+    pub diagnosis: Arc<Diagnosis>,
 }
+
+/// Each process is judged (summarised over its window and run through the rules)
+/// every this many ticks, staggered by pid; counters are exported every tick. The
+/// rules look at a 60 s window, so findings are at most this many ticks late.
+const JUDGE_EVERY_TICKS: u64 = 5;
 
 /// The agent's own cost and health.
 #[derive(Clone, Debug, Default)]
 pub struct SelfStats {
     pub probe_hits: u64,
     pub probes_attached: u64,
+    /// Call probes the overhead budget keeps live for only part of the time.
+    pub probes_duty_cycled: u64,
     pub attach_errors: u64,
     pub binaries_attached: u64,
     pub binaries_analysed: u64,
@@ -89,6 +100,7 @@ struct WatchedBinary {
     plan: Plan,
     id_base: u32,
     attached: AttachedPlan,
+    duty: DutyCycle,
 }
 
 struct Watched {
@@ -96,9 +108,24 @@ struct Watched {
     key: BinaryKey,
     target: Target,
     container_id: String,
-    /// (when, cumulative snapshot of this process, CPU seconds, CPU profile Hz),
-    /// oldest first.
-    samples: VecDeque<(Instant, Snapshot, Option<f64>, Option<i32>)>,
+    /// Oldest first.
+    samples: VecDeque<Tick>,
+    /// The last judgement: findings and the report.
+    judged: Option<Judgement>,
+}
+
+/// A process's findings (rule, severity) and its report, as last judged.
+type Judgement = (Vec<(String, Severity)>, Arc<Diagnosis>);
+
+/// What one tick saw of one process.
+struct Tick {
+    at: Instant,
+    /// Cumulative counts of this process (estimates for duty-cycled probes).
+    snap: Snapshot,
+    cpu_s: Option<f64>,
+    cpu_profile_hz: Option<i32>,
+    /// Cumulative live seconds of each call probe of its binary (local ids).
+    on_s: HashMap<u32, f64>,
 }
 
 pub struct Agent {
@@ -107,6 +134,7 @@ pub struct Agent {
     binaries: HashMap<BinaryKey, Binary>,
     procs: HashMap<u32, Watched>,
     next_id_base: u32,
+    extrapolate: Extrapolator,
     stats: SelfStats,
     shared: Arc<Mutex<Exported>>,
 }
@@ -119,6 +147,7 @@ impl Agent {
             binaries: HashMap::new(),
             procs: HashMap::new(),
             next_id_base: 0,
+            extrapolate: Extrapolator::default(),
             stats: SelfStats::default(),
             shared,
         }
@@ -132,14 +161,64 @@ impl Agent {
             self.stats.last_tick_seconds = t0.elapsed().as_secs_f64();
             let deadline = t0 + self.cfg.interval;
             while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
+                let wake = self
+                    .next_duty_deadline()
+                    .map_or(deadline, |d| d.min(deadline));
+                let nap = wake.saturating_duration_since(Instant::now());
+                // Wake for duty-cycle deadlines, and often enough to see `stop`.
+                std::thread::sleep(nap.min(Duration::from_millis(250)));
+                self.run_duty_cycles(Instant::now(), None);
             }
         }
         // Detach explicitly, binary by binary, before the object goes.
         let binaries = std::mem::take(&mut self.binaries);
-        for (_, b) in binaries {
-            if let Binary::Watched(w) = b {
-                self.probes.detach(w.attached);
+        self.probes
+            .detach_many(binaries.into_values().filter_map(|b| match b {
+                Binary::Watched(w) => Some(w.attached),
+                Binary::Ignored => None,
+            }));
+    }
+
+    fn next_duty_deadline(&self) -> Option<Instant> {
+        self.binaries
+            .values()
+            .filter_map(|b| match b {
+                Binary::Watched(w) => w.duty.next_deadline(),
+                Binary::Ignored => None,
+            })
+            .min()
+    }
+
+    /// Ends live phases that are over and runs the evaluations that are due. Between
+    /// ticks (`raw` None) only a new binary's first evaluation reads the maps; the
+    /// others wait for the tick's snapshot (`raw`).
+    fn run_duty_cycles(&mut self, now: Instant, raw: Option<&Snapshot>) {
+        let due = self.binaries.values().any(|b| match b {
+            Binary::Watched(w) => w.duty.probation_due(now),
+            Binary::Ignored => false,
+        });
+        let ticked = raw.is_some();
+        let fresh;
+        let raw = match raw {
+            Some(r) => Some(r),
+            None if due => {
+                fresh = self.probes.snapshot();
+                Some(&fresh)
+            }
+            None => None,
+        };
+        for b in self.binaries.values_mut() {
+            let Binary::Watched(w) = b else { continue };
+            let w = &mut **w;
+            w.duty.poll(now, &mut self.probes, &mut w.attached);
+            let due = if ticked {
+                w.duty.due(now)
+            } else {
+                w.duty.probation_due(now)
+            };
+            if let Some(raw) = raw.filter(|_| due) {
+                w.duty
+                    .evaluate(now, raw, &w.plan, &mut self.probes, &mut w.attached);
             }
         }
     }
@@ -148,32 +227,64 @@ impl Agent {
         let procs = discover::scan(std::process::id());
         log::debug!("tick: {} processes on the host", procs.len());
         let unused = self.update_processes(&procs);
-        let snap = self.probes.snapshot();
+        let raw = self.probes.snapshot();
         let now = Instant::now();
+        // Live seconds of every call probe id (global ids), for the estimates.
+        let mut on: HashMap<u32, f64> = HashMap::new();
+        for b in self.binaries.values() {
+            if let Binary::Watched(w) = b {
+                on.extend(w.duty.on_seconds(now));
+            }
+        }
+        let snap = self.extrapolate.update(&raw, &on, now);
+        let mut by_pid = split_by_pid(snap);
         let mut exported = Vec::with_capacity(self.procs.len());
+        let tick = self.stats.ticks;
         for (pid, w) in self.procs.iter_mut() {
             let Some(Binary::Watched(b)) = self.binaries.get(&w.key) else {
                 continue;
             };
-            let own = own_snapshot(&snap, *pid, b.id_base, b.plan.call_probes.len() as u32);
-            w.samples.push_back((
-                now,
-                own,
-                target::cpu_seconds(*pid),
-                w.target.cpu_profile_hz(),
-            ));
-            while w.samples.len() > 2 && now.duration_since(w.samples[1].0) >= self.cfg.window {
+            let n = b.plan.call_probes.len() as u32;
+            let own = own_snapshot(by_pid.remove(pid).unwrap_or_default(), b.id_base, n);
+            w.samples.push_back(Tick {
+                at: now,
+                snap: own,
+                cpu_s: target::cpu_seconds(*pid),
+                cpu_profile_hz: w.target.cpu_profile_hz(),
+                on_s: on
+                    .iter()
+                    .filter(|(id, _)| **id >= b.id_base && **id < b.id_base + n)
+                    .map(|(id, s)| (id - b.id_base, *s))
+                    .collect(),
+            });
+            while w.samples.len() > 2 && now.duration_since(w.samples[1].at) >= self.cfg.window {
                 w.samples.pop_front();
             }
-            exported.push(judge(w, b, &self.cfg.thresholds));
+            if w.judged.is_none() || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
+                w.judged = Some(judge(
+                    w,
+                    b,
+                    &self.cfg.thresholds,
+                    self.cfg.budget.share_of_core,
+                ));
+            }
+            exported.push(export(w, b));
         }
         exported.sort_by_key(|p| p.pid);
         log::debug!("tick: {} watched", exported.len());
         self.stats.ticks += 1;
         self.stats.processes_watched = self.procs.len() as u64;
         self.stats.probe_hits =
-            snap.calls.values().sum::<u64>() + snap.stw.values().map(|s| s.count).sum::<u64>();
-        self.stats.kernel_errors = snap.errors.to_vec();
+            raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>();
+        self.stats.kernel_errors = raw.errors.to_vec();
+        self.stats.probes_duty_cycled = self
+            .binaries
+            .values()
+            .map(|b| match b {
+                Binary::Watched(w) => w.duty.cycled().len() as u64,
+                Binary::Ignored => 0,
+            })
+            .sum();
         self.stats.binaries_attached = self
             .binaries
             .values()
@@ -196,9 +307,9 @@ impl Agent {
         drop(shared);
         // Unregistering uprobes waits for the kernel (RCU): done after publishing, so
         // an exited process's series are gone from /metrics at once.
-        for w in unused {
-            self.probes.detach(w.attached);
-        }
+        self.probes
+            .detach_many(unused.into_iter().map(|w| w.attached));
+        self.run_duty_cycles(Instant::now(), Some(&raw));
     }
 
     /// New processes are analysed (once per binary) and attached; gone ones dropped,
@@ -220,6 +331,7 @@ impl Agent {
             self.procs.remove(pid);
         }
         self.probes.forget(&gone);
+        self.extrapolate.forget(&gone);
 
         let mut over = 0;
         for p in procs {
@@ -245,6 +357,7 @@ impl Agent {
                     target: Target::with_binary(p.pid, p.exe.clone(), b.binary.clone()),
                     container_id: discover::container_id(p.pid).unwrap_or_default(),
                     samples: VecDeque::new(),
+                    judged: None,
                 },
             );
         }
@@ -301,11 +414,22 @@ impl Agent {
                     p.exe,
                     binary.info().go_version_string
                 );
+                // Analysis read much of the file; keep only what later lookups touch.
+                binary.release_pages();
+                let duty = DutyCycle::new(
+                    &plan,
+                    &attached,
+                    id_base,
+                    self.cfg.budget,
+                    self.cfg.interval,
+                    Instant::now(),
+                );
                 Binary::Watched(Box::new(WatchedBinary {
                     binary: Arc::new(binary),
                     plan,
                     id_base,
                     attached,
+                    duty,
                 }))
             }
             Err(e) => {
@@ -317,41 +441,53 @@ impl Agent {
     }
 }
 
-/// The entries of one process, with probe ids made relative to its binary's plan.
-fn own_snapshot(snap: &Snapshot, pid: u32, base: u32, n: u32) -> Snapshot {
-    Snapshot {
-        calls: snap
-            .calls
-            .iter()
-            .filter(|(k, _)| k.tgid == pid && k.probe >= base && k.probe < base + n)
-            .map(|(k, v)| {
-                let mut k = *k;
-                k.probe -= base;
-                (k, *v)
-            })
-            .collect(),
-        stw: snap
-            .stw
-            .iter()
-            .filter(|(k, _)| k.tgid == pid)
-            .map(|(k, v)| (*k, *v))
-            .collect(),
-        errors: snap.errors,
+/// The snapshot's entries grouped by process, in one pass.
+fn split_by_pid(snap: Snapshot) -> HashMap<u32, Snapshot> {
+    let mut out: HashMap<u32, Snapshot> = HashMap::new();
+    for (k, v) in snap.calls {
+        out.entry(k.tgid).or_default().calls.insert(k, v);
     }
+    for (k, v) in snap.stw {
+        out.entry(k.tgid).or_default().stw.insert(k, v);
+    }
+    for s in out.values_mut() {
+        s.errors = snap.errors;
+    }
+    out
+}
+
+/// One process's entries, keeping its binary's call probes with ids made relative
+/// to the binary's plan.
+fn own_snapshot(mut snap: Snapshot, base: u32, n: u32) -> Snapshot {
+    snap.calls = snap
+        .calls
+        .into_iter()
+        .filter(|(k, _)| k.probe >= base && k.probe < base + n)
+        .map(|(mut k, v)| {
+            k.probe -= base;
+            (k, v)
+        })
+        .collect();
+    snap
 }
 
 /// Summarises and judges one process over its window.
-fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds) -> ProcExport {
-    let (t0, base, cpu0, _) = w.samples.front().expect("a sample was just pushed");
+fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds, budget_share: f64) -> Judgement {
+    let first = w.samples.front().expect("a sample was just pushed");
     let samples: Vec<Sample> = w
         .samples
         .iter()
         .skip(1)
-        .map(|(at, snap, cpu, hz)| Sample {
-            at_s: at.duration_since(*t0).as_secs_f64(),
-            snap: snap.since(base),
-            cpu_s: cpu0.zip(*cpu).map(|(a, b)| (b - a).max(0.0)),
-            cpu_profile_hz: *hz,
+        .map(|t| Sample {
+            at_s: t.at.duration_since(first.at).as_secs_f64(),
+            snap: t.snap.since(&first.snap),
+            cpu_s: first.cpu_s.zip(t.cpu_s).map(|(a, b)| (b - a).max(0.0)),
+            cpu_profile_hz: t.cpu_profile_hz,
+            on_s: t
+                .on_s
+                .iter()
+                .map(|(id, s)| (*id, s - first.on_s.get(id).copied().unwrap_or(*s)))
+                .collect(),
         })
         .collect();
     let collected = collect::summarize(&w.target, &b.plan, &samples);
@@ -360,8 +496,30 @@ fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds) -> ProcExport {
     } else {
         rules::judge(&collected, t)
     };
+    let diagnosis = Diagnosis::new(
+        &w.target,
+        ProbeInfo {
+            attached: b.attached.attached,
+            failed: b.attached.failures.clone(),
+            skipped: b.plan.skipped.clone(),
+            overhead_budget_percent: budget_share * 100.0,
+        },
+        findings,
+        collected,
+    );
+    let findings = diagnosis
+        .findings
+        .iter()
+        .map(|f| (f.rule.to_string(), f.severity))
+        .collect();
+    (findings, Arc::new(diagnosis))
+}
+
+/// What /metrics and /findings show of one process: counters from this tick, the
+/// findings and report of its last judgement.
+fn export(w: &Watched, b: &WatchedBinary) -> ProcExport {
     // Cumulative counters (monotonic while the process lives) for /metrics.
-    let latest = &w.samples.back().expect("non-empty").1;
+    let latest = &w.samples.back().expect("non-empty").snap;
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
     for (k, v) in &latest.calls {
         if let Some(p) = b.plan.call_probes.get(k.probe as usize) {
@@ -376,16 +534,7 @@ fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds) -> ProcExport {
             .or_insert(StwStats::ZERO)
             .merge(s);
     }
-    let diagnosis = Diagnosis::new(
-        &w.target,
-        ProbeInfo {
-            attached: b.attached.attached,
-            failed: b.attached.failures.clone(),
-            skipped: b.plan.skipped.clone(),
-        },
-        findings,
-        collected,
-    );
+    let (findings, diagnosis) = w.judged.clone().expect("judged before export");
     ProcExport {
         pid: w.target.pid,
         exe: w.target.exe_display.clone(),
@@ -393,11 +542,7 @@ fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds) -> ProcExport {
         container_id: w.container_id.clone(),
         calls,
         pauses,
-        findings: diagnosis
-            .findings
-            .iter()
-            .map(|f| (f.rule.to_string(), f.severity))
-            .collect(),
+        findings,
         diagnosis,
     }
 }

@@ -171,6 +171,13 @@ impl Collector for StateCollector {
         )?;
         single(
             &mut enc,
+            "detector_probes_duty_cycled",
+            "Call probes live only part of the time, to keep each target within --overhead-budget",
+            Gauge,
+            g(s.probes_duty_cycled),
+        )?;
+        single(
+            &mut enc,
             "detector_binaries_attached",
             "Distinct binaries with probes attached",
             Gauge,

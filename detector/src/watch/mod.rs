@@ -46,6 +46,11 @@ struct Http {
 
 pub fn run(o: Options) -> Result<u8, Failure> {
     attach::check_privileges()?;
+    if let Some(w) = attach::watch_privilege_warning() {
+        // Not eprintln!: it panics when stderr cannot be written (a full disk).
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "detector watch: warning: {w}");
+    }
     let probes = Probes::load()?;
     // Bind before anything runs in the background: a busy port is a clean error.
     let listener = std::net::TcpListener::bind(o.listen).map_err(|e| {
@@ -63,7 +68,12 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::new(exit::OTHER, e.to_string()))?;
-    eprintln!("detector watch: serving http://{addr}/metrics, /findings and /healthz");
+    // Not eprintln!: it panics when stderr cannot be written (a full disk).
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "detector watch: serving http://{addr}/metrics, /findings and /healthz"
+    );
 
     let state = Arc::new(Mutex::new(Exported::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +109,10 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     // The loop detaches every probe when it returns.
     let _ = collector.join();
-    eprintln!("detector watch: stopped, probes detached");
+    let _ = writeln!(
+        std::io::stderr(),
+        "detector watch: stopped, probes detached"
+    );
     served.map_err(|e| Failure::new(exit::OTHER, format!("HTTP server: {e}")))?;
     Ok(exit::NO_FINDINGS)
 }

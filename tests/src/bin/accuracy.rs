@@ -1,6 +1,7 @@
 //! `cargo xtask accuracy`: runs the accuracy matrix and prints its confusion matrix.
 //!
 //!   accuracy [--quick] [--jobs N] [--go SUBSTR]... [--kind KIND]... [--case CASE]...
+//!            [--overhead-budget PERCENT]
 //!
 //! Without --quick every case × variant × Go version × build kind runs; --quick runs
 //! the covering subset CI runs. Exits 1 unless the matrix is perfect.
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let mut gos: Vec<String> = vec![];
     let mut kinds: Vec<String> = vec![];
     let mut cases: Vec<String> = vec![];
+    let mut budget: Option<f64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_default();
@@ -26,6 +28,13 @@ fn main() -> ExitCode {
             "--go" => gos.push(value()),
             "--kind" => kinds.push(value()),
             "--case" => cases.push(value()),
+            "--overhead-budget" => match value().parse() {
+                Ok(b) => budget = Some(b),
+                Err(_) => {
+                    eprintln!("accuracy: --overhead-budget takes a percentage");
+                    return ExitCode::from(2);
+                }
+            },
             other => {
                 eprintln!("accuracy: unknown argument {other}");
                 return ExitCode::from(2);
@@ -34,7 +43,10 @@ fn main() -> ExitCode {
     }
     require_bpf_privileges();
     let detector = detector_bin();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("accuracy.toml");
+    let settings = accuracy::Settings {
+        config: Path::new(env!("CARGO_MANIFEST_DIR")).join("accuracy.toml"),
+        budget,
+    };
     let vs: Vec<(String, std::path::PathBuf)> = versions("cases")
         .into_iter()
         .filter(|(_, name, _)| gos.is_empty() || gos.iter().any(|g| name.contains(g.as_str())))
@@ -57,7 +69,7 @@ fn main() -> ExitCode {
         fixtures_root().display(),
         jobs
     );
-    let outcomes = accuracy::run_all(&cells, &detector, &config, jobs);
+    let outcomes = accuracy::run_all(&cells, &detector, &settings, jobs);
     print!("{}", accuracy::render(&outcomes));
     if outcomes.iter().all(|o| o.correct()) {
         ExitCode::SUCCESS

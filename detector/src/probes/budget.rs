@@ -1,0 +1,495 @@
+//! The overhead budget. Every probe hit costs the target a trap into the kernel (about
+//! 1.5 µs), charged to the thread that made the call. A hot API (100k runtime.Caller
+//! calls a second) would cost the target 15 % of a core if every call were probed, so
+//! each process gets a budget (by default 1 % of one core). When the probes of a
+//! process would cost more, the hottest call probes are detached and re-attached on a
+//! duty cycle: live for a fraction of every period, long enough to measure the rate,
+//! call sites and arguments. [`Extrapolator`] turns what was counted while they were
+//! live into estimates for the whole window, and reports show the sampled fraction.
+//!
+//! Only call probes are cycled. Pause probes fire once per stop-the-world, which
+//! costs the target far more than the probe, and the forced-GC probes keep state.
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use detector_common::{CallKey, COOKIE_FORCED_GC_ENTER};
+
+use super::{
+    attach::{self, AttachedPlan, Probes, Snapshot},
+    plan::{Plan, Program},
+};
+
+/// The target's cost of one hit of a probe on an instruction the kernel emulates
+/// (`push rbp`, the first instruction after the stack check on Go 1.21+): the trap,
+/// the eBPF program and the return. BENCHMARKS.md measures 0.8-0.9 µs here; the
+/// higher figure keeps the budget on the safe side.
+pub const HIT_COST_S: f64 = 1.5e-6;
+
+/// The cost of a hit on an instruction the kernel single-steps (Go 1.19's `sub rsp`
+/// frames, frameless functions): a second trap for the debug exception. Measured
+/// 29 µs in this Firecracker VM, where the debug trap exits to the hypervisor; bare
+/// metal is nearer 3 µs. The VM figure keeps the budget safe everywhere.
+pub const SINGLE_STEP_HIT_COST_S: f64 = 30e-6;
+
+/// A live phase is at least this long: the attach takes a few milliseconds, and a
+/// shorter phase sees too few calls to keep call sites. A probe allowed less per
+/// period saves its share up and goes live once it has this much.
+const MIN_ON: Duration = Duration::from_millis(3);
+
+/// The first look at the rates comes this soon after attaching, so that a hot probe
+/// costs the target its full rate for 25 ms, not for a whole period.
+const PROBATION: Duration = Duration::from_millis(25);
+
+/// Units made of more uprobes than this are never cycled: the kernel unregisters
+/// uprobes one at a time, about 0.1 s each (an RCU grace period under a global mutex),
+/// so cycling many at once would back up every uprobe user on the host.
+const MAX_PROBES_PER_UNIT: usize = 8;
+
+/// Cycled probes stay off for a period while this many detaches are still running:
+/// the kernel serialises them, and a backlog would also block every other attach.
+const MAX_DETACH_BACKLOG: usize = 4;
+
+/// APIs that stop the world on every call: each call costs the target far more than
+/// its probe (every thread stops), and their pauses are matched to their calls, so
+/// their probes stay live.
+const STOPS_THE_WORLD: &[&str] = &[
+    "readmemstats",
+    "gc",
+    "freeosmemory",
+    "goroutineprofile",
+    "starttrace",
+    "tracestart",
+    "tracestop",
+];
+
+/// A unit that may be live this share of the time or more stays live.
+const ALMOST_ALWAYS: f64 = 0.9;
+
+/// Per-process budget on the target's CPU spent in probe hits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// Share of one core (0.01 = 1 %); 0 turns the budget off: every hit is probed.
+    pub share_of_core: f64,
+}
+
+impl Budget {
+    pub const DEFAULT_PERCENT: f64 = 1.0;
+
+    pub fn from_percent(percent: f64) -> Budget {
+        Budget {
+            share_of_core: (percent / 100.0).max(0.0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.share_of_core > 0.0
+    }
+}
+
+/// One cycled unit: every uprobe of one call probe id (a function, or an inlined
+/// API's sites).
+struct Unit {
+    /// The id in the kernel's keys (the binary's id base included).
+    call_id: u32,
+    /// Indexes into `Plan::probes`.
+    probes: Vec<usize>,
+    /// Target CPU seconds per hit.
+    hit_cost_s: f64,
+    /// Live time saved up (seconds) while the share per period is below [`MIN_ON`].
+    credit_s: f64,
+    live_since: Option<Instant>,
+    off_at: Option<Instant>,
+    /// Seconds live in phases that have ended.
+    on_closed: f64,
+    /// Share of each period the unit is live (1 = always).
+    fraction: f64,
+    /// Counts at the last evaluation, per process.
+    hits_then: HashMap<u32, u64>,
+    on_then: f64,
+}
+
+impl Unit {
+    fn on_seconds(&self, now: Instant) -> f64 {
+        self.on_closed
+            + self
+                .live_since
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64())
+    }
+}
+
+/// The duty cycle of one attached plan (one process in `diagnose`, one binary and
+/// every process running it in `watch`).
+pub struct DutyCycle {
+    budget: Budget,
+    period: Duration,
+    units: Vec<Unit>,
+    next_eval: Instant,
+    start: Instant,
+    evals: u64,
+}
+
+impl DutyCycle {
+    /// Units for the plan's call probes that are live now; `id_base` as attached.
+    pub fn new(
+        plan: &Plan,
+        attached: &AttachedPlan,
+        id_base: u32,
+        budget: Budget,
+        period: Duration,
+        now: Instant,
+    ) -> DutyCycle {
+        let mut by_id: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, p) in plan.probes.iter().enumerate() {
+            if p.program == Program::CountCall
+                && p.cookie & COOKIE_FORCED_GC_ENTER == 0
+                && !STOPS_THE_WORLD.contains(&p.func)
+                && Probes::is_live(attached, i)
+            {
+                by_id.entry(p.cookie as u32 + id_base).or_default().push(i);
+            }
+        }
+        let mut units: Vec<Unit> = by_id
+            .into_iter()
+            .filter(|(_, probes)| probes.len() <= MAX_PROBES_PER_UNIT)
+            .map(|(call_id, probes)| Unit {
+                call_id,
+                hit_cost_s: if probes.iter().any(|&i| plan.probes[i].single_step) {
+                    SINGLE_STEP_HIT_COST_S
+                } else {
+                    HIT_COST_S
+                },
+                credit_s: 0.0,
+                probes,
+                live_since: Some(now),
+                off_at: None,
+                on_closed: 0.0,
+                fraction: 1.0,
+                hits_then: HashMap::new(),
+                on_then: 0.0,
+            })
+            .collect();
+        units.sort_by_key(|u| u.call_id);
+        DutyCycle {
+            budget,
+            period,
+            units,
+            next_eval: now + PROBATION,
+            start: now,
+            evals: 0,
+        }
+    }
+
+    /// Whether [`DutyCycle::evaluate`] is due.
+    pub fn due(&self, now: Instant) -> bool {
+        self.budget.enabled() && now >= self.next_eval
+    }
+
+    /// Whether the first evaluation is due: it cannot wait for the caller's next
+    /// tick, since a hot probe costs its full rate until then.
+    pub fn probation_due(&self, now: Instant) -> bool {
+        self.evals == 0 && self.due(now)
+    }
+
+    /// The next moment something must happen (an evaluation or a detach).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.budget.enabled() {
+            return None;
+        }
+        self.units
+            .iter()
+            .filter_map(|u| u.off_at)
+            .chain(std::iter::once(self.next_eval))
+            .min()
+    }
+
+    /// Seconds each call probe id has been live since the cycle started.
+    pub fn on_seconds(&self, now: Instant) -> HashMap<u32, f64> {
+        self.units
+            .iter()
+            .map(|u| (u.call_id, u.on_seconds(now)))
+            .collect()
+    }
+
+    /// Call probe ids live for only part of the time right now.
+    pub fn cycled(&self) -> HashSet<u32> {
+        self.units
+            .iter()
+            .filter(|u| u.fraction < 1.0)
+            .map(|u| u.call_id)
+            .collect()
+    }
+
+    /// Ends the live phases whose time is up.
+    pub fn poll(&mut self, now: Instant, probes: &mut Probes, attached: &mut AttachedPlan) {
+        for u in &mut self.units {
+            if u.off_at.is_some_and(|t| t <= now) {
+                u.off_at = None;
+                if let Some(since) = u.live_since.take() {
+                    u.on_closed += now.saturating_duration_since(since).as_secs_f64();
+                }
+                for &i in &u.probes {
+                    probes.detach_later(attached, i);
+                }
+            }
+        }
+    }
+
+    /// Measures each unit's hit rate per process from `raw` (cumulative kernel counts),
+    /// shares the budget out, and starts this period's live phases.
+    pub fn evaluate(
+        &mut self,
+        now: Instant,
+        raw: &Snapshot,
+        plan: &Plan,
+        probes: &mut Probes,
+        attached: &mut AttachedPlan,
+    ) {
+        let probation = self.evals == 0;
+        self.evals += 1;
+        // Aligned on the start, so each period of the caller's ticks gets a live phase.
+        self.next_eval = self.start + self.period * self.evals.min(u32::MAX as u64) as u32;
+        while self.next_eval <= now {
+            self.next_eval += self.period;
+        }
+
+        // Hits by probe id, then by process (one pass over the snapshot).
+        let mut hits: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
+        for (k, v) in &raw.calls {
+            *hits.entry(k.probe).or_default().entry(k.tgid).or_default() += v;
+        }
+        // Cost per process: (unit index, CPU seconds per second if always live).
+        let mut costs: HashMap<u32, Vec<(usize, f64)>> = HashMap::new();
+        let mut measured = vec![false; self.units.len()];
+        for (ui, u) in self.units.iter_mut().enumerate() {
+            let on = u.on_seconds(now);
+            let on_delta = on - u.on_then;
+            let now_hits = hits.remove(&u.call_id).unwrap_or_default();
+            if on_delta >= 0.001 {
+                measured[ui] = true;
+                for (pid, n) in &now_hits {
+                    let d = n.saturating_sub(*u.hits_then.get(pid).unwrap_or(&0));
+                    let rate = d as f64 / on_delta;
+                    costs
+                        .entry(*pid)
+                        .or_default()
+                        .push((ui, rate * u.hit_cost_s));
+                }
+            }
+            u.hits_then = now_hits;
+            u.on_then = on;
+        }
+        let mut fraction: Vec<f64> = vec![1.0; self.units.len()];
+        for shares in costs.values() {
+            for (ui, f) in water_fill(shares, self.budget.share_of_core) {
+                fraction[ui] = fraction[ui].min(f);
+            }
+        }
+        for f in &mut fraction {
+            // Cycling costs a detach the kernel serialises: not worth it to save 10 %.
+            if *f >= ALMOST_ALWAYS {
+                *f = 1.0;
+            }
+        }
+        let period = self.period.as_secs_f64();
+        for (ui, u) in self.units.iter_mut().enumerate() {
+            if !measured[ui] {
+                // Not live since the last look (e.g. a re-attach failed): try again.
+                fraction[ui] = u.fraction;
+            }
+            u.fraction = fraction[ui];
+            let cycled = u.fraction < 1.0;
+            let kernel_behind = attach::detaches_in_flight() >= MAX_DETACH_BACKLOG;
+            // Off for this period: probation has used the share already, or the kernel
+            // is behind with detaches, or the share saved up is still too short.
+            let mut stay_off = false;
+            if !cycled {
+                u.off_at = None;
+                u.credit_s = 0.0;
+            } else if probation || kernel_behind {
+                u.off_at = Some(now);
+                stay_off = true;
+            } else {
+                u.credit_s += u.fraction * period;
+                if u.credit_s >= MIN_ON.as_secs_f64() {
+                    u.off_at = Some(now + Duration::from_secs_f64(u.credit_s.min(period)));
+                    u.credit_s = 0.0;
+                } else {
+                    u.off_at = Some(now);
+                    stay_off = true;
+                }
+            }
+            if u.live_since.is_none() && !stay_off {
+                let mut live = false;
+                for &i in &u.probes {
+                    live |= probes.reattach(plan, attached, i);
+                }
+                if live {
+                    // Live from when the kernel has the breakpoint in, not from `now`.
+                    let t = Instant::now();
+                    log::debug!("unit {} live after {:?}", u.call_id, t - now);
+                    u.live_since = Some(t);
+                    if let Some(off) = u.off_at.as_mut() {
+                        *off += t - now;
+                    }
+                }
+            }
+        }
+        self.poll(now, probes, attached);
+    }
+}
+
+/// Max-min fair shares of `budget` among units of cost `(unit, cost)`: units cheaper
+/// than an equal share keep running in full, the others get equal shares of what is
+/// left. Returns each unit's fraction of time live (≤ 1).
+fn water_fill(costs: &[(usize, f64)], budget: f64) -> Vec<(usize, f64)> {
+    let mut sorted: Vec<(usize, f64)> = costs.to_vec();
+    sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut left = budget;
+    let mut out = Vec::with_capacity(sorted.len());
+    let n = sorted.len();
+    for (i, (ui, cost)) in sorted.into_iter().enumerate() {
+        let share = left / (n - i) as f64;
+        if cost <= share {
+            out.push((ui, 1.0));
+            left -= cost;
+        } else {
+            out.push((ui, (share / cost).clamp(0.0, 1.0)));
+            left -= share;
+        }
+    }
+    out
+}
+
+/// Turns cumulative counts of probes that were live part of the time into estimates
+/// for the whole time: each interval's counts are scaled by interval ÷ live time; an
+/// interval with no live time repeats the last rate seen. Counts of always-live probes
+/// pass through unchanged.
+#[derive(Default)]
+pub struct Extrapolator {
+    raw_then: HashMap<CallKey, u64>,
+    estimate: HashMap<CallKey, f64>,
+    rate: HashMap<CallKey, f64>,
+    on_then: HashMap<u32, f64>,
+    at_then: Option<Instant>,
+}
+
+impl Extrapolator {
+    /// `raw`: cumulative counts now; `on`: cumulative live seconds per call probe id
+    /// (ids missing are always live). Returns the estimated cumulative snapshot.
+    pub fn update(&mut self, raw: &Snapshot, on: &HashMap<u32, f64>, now: Instant) -> Snapshot {
+        let interval = self
+            .at_then
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        let scale_of = |probe: u32| -> Option<f64> {
+            let on_now = *on.get(&probe)?;
+            // A probe new since the last update starts from its own counts.
+            let on_delta = on_now - self.on_then.get(&probe)?;
+            if interval <= 0.0 || on_delta >= interval * 0.999 {
+                None
+            } else {
+                Some(on_delta)
+            }
+        };
+        let scales: HashMap<u32, Option<f64>> =
+            on.keys().map(|&probe| (probe, scale_of(probe))).collect();
+        let mut out = Snapshot {
+            calls: HashMap::with_capacity(raw.calls.len()),
+            stw: raw.stw.clone(),
+            errors: raw.errors,
+        };
+        for (k, &v) in &raw.calls {
+            let d = v.saturating_sub(*self.raw_then.get(k).unwrap_or(&0)) as f64;
+            let add = match scales.get(&k.probe).copied().flatten() {
+                None => d,
+                Some(on) if on >= 0.001 => {
+                    self.rate.insert(*k, d / on);
+                    d * interval / on
+                }
+                // Not live at all this interval: the last rate seen holds.
+                Some(_) => self.rate.get(k).copied().unwrap_or(0.0) * interval,
+            };
+            *self.estimate.entry(*k).or_default() += add;
+            out.calls
+                .insert(*k, self.estimate[k].round().max(v as f64) as u64);
+        }
+        self.raw_then = raw.calls.clone();
+        self.on_then = on.clone();
+        self.at_then = Some(now);
+        out
+    }
+
+    /// Forgets processes that are gone.
+    pub fn forget(&mut self, gone: &HashSet<u32>) {
+        self.raw_then.retain(|k, _| !gone.contains(&k.tgid));
+        self.estimate.retain(|k, _| !gone.contains(&k.tgid));
+        self.rate.retain(|k, _| !gone.contains(&k.tgid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cheap_units_keep_running_and_hot_ones_share_the_rest() {
+        // Budget 0.01: a unit costing 0.001 runs in full; two costing 0.1 and 0.2 share
+        // the remaining 0.009 equally (0.0045 each).
+        let f = water_fill(&[(0, 0.1), (1, 0.001), (2, 0.2)], 0.01);
+        let get = |u: usize| f.iter().find(|(i, _)| *i == u).unwrap().1;
+        assert_eq!(get(1), 1.0);
+        assert!((get(0) - 0.045).abs() < 1e-9);
+        assert!((get(2) - 0.0225).abs() < 1e-9);
+        let spent = 0.001 + get(0) * 0.1 + get(2) * 0.2;
+        assert!((spent - 0.01).abs() < 1e-9);
+    }
+
+    #[test]
+    fn under_budget_everything_runs() {
+        let f = water_fill(&[(0, 0.004), (1, 0.005)], 0.01);
+        assert!(f.iter().all(|(_, x)| *x == 1.0));
+    }
+
+    fn key(probe: u32) -> CallKey {
+        CallKey {
+            tgid: 7,
+            probe,
+            caller: 0x1000,
+            arg: 0,
+        }
+    }
+
+    fn snap(n: u64) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.calls.insert(key(3), n);
+        s
+    }
+
+    #[test]
+    fn counts_are_scaled_by_the_live_share_of_each_interval() {
+        let t0 = Instant::now();
+        let mut x = Extrapolator::default();
+        let on = |s: f64| HashMap::from([(3u32, s)]);
+        // Start: live 0 s, nothing counted.
+        assert_eq!(x.update(&snap(0), &on(0.0), t0).calls[&key(3)], 0);
+        // 1 s later: live 0.1 s, 1000 counted → 10,000 estimated.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(x.update(&snap(1000), &on(0.1), t1).calls[&key(3)], 10_000);
+        // Next second not live at all: the last rate (10,000/s) holds.
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(x.update(&snap(1000), &on(0.1), t2).calls[&key(3)], 20_000);
+        // Live the whole next second: counts pass through.
+        let t3 = t2 + Duration::from_secs(1);
+        assert_eq!(x.update(&snap(1500), &on(1.1), t3).calls[&key(3)], 20_500);
+    }
+
+    #[test]
+    fn always_live_probes_pass_through() {
+        let t0 = Instant::now();
+        let mut x = Extrapolator::default();
+        x.update(&snap(5), &HashMap::new(), t0);
+        let s = x.update(&snap(17), &HashMap::new(), t0 + Duration::from_secs(1));
+        assert_eq!(s.calls[&key(3)], 17);
+    }
+}

@@ -1,0 +1,5 @@
+//! The bytes as a `.go.buildinfo` section, and as a Go version string.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| detector::gobin::fuzzing::buildinfo(data));

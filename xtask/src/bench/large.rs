@@ -1,0 +1,311 @@
+//! Row 4: analysis and attach time on large binaries: the Go toolchain's `compile` and
+//! `link`, `compile` rebuilt stripped, and a generated stripped binary of 100+ MB
+//! ([`super::big`]). `detector inspect` wall time, and `detector diagnose` from its
+//! start until its probes are in, on a live process of each binary.
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::{
+    big::Big, first_line, go_cmd, go_output, mb, median_d, ms, ratio, short_path, spread,
+    thousands, Diagnose, Env, Guard, Hitbench,
+};
+use crate::{run_cmd, setup};
+
+/// Runs of each measurement; the median is reported.
+const ROUNDS: usize = 3;
+
+/// How a live process of the binary is had.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// Speaks hitbench's protocol (hitbench, the generated binary).
+    Protocol,
+    /// A Go tool started on a FIFO nobody writes to: it blocks in open(2).
+    Fifo,
+}
+
+pub struct Measured {
+    name: String,
+    path: PathBuf,
+    size: u64,
+    /// Err: why this binary could not be measured.
+    times: Result<Times, String>,
+}
+
+struct Times {
+    inspect: Vec<Duration>,
+    attach: Vec<Duration>,
+    stop: Vec<Duration>,
+    probes: Option<u64>,
+    stripped: Option<bool>,
+    functions: Option<u64>,
+}
+
+pub fn measure(env: &Env, hitbench: &Path, big: &Big) -> Result<Vec<Measured>> {
+    let tooldir = go_output(&env.newest, &["env", "GOTOOLDIR"])?;
+    let tooldir = PathBuf::from(tooldir.trim());
+    let mut bins: Vec<(String, PathBuf, Live, Result<(), String>)> = vec![
+        (
+            "hitbench (reference)".into(),
+            hitbench.to_path_buf(),
+            Live::Protocol,
+            Ok(()),
+        ),
+        (
+            "compile".into(),
+            tooldir.join("compile"),
+            Live::Fifo,
+            Ok(()),
+        ),
+        ("link".into(), tooldir.join("link"), Live::Fifo, Ok(())),
+    ];
+    let stripped = env.work.join("compile-stripped");
+    let built = build_stripped_compile(&env.newest, &stripped).map_err(|e| format!("{e:#}"));
+    bins.push((
+        "compile, rebuilt `-ldflags='-s -w'`".into(),
+        stripped,
+        Live::Fifo,
+        built,
+    ));
+    bins.push((
+        "generated, `-ldflags='-s -w'`".into(),
+        big.path.clone(),
+        Live::Protocol,
+        big.info.as_ref().map(|_| ()).map_err(Clone::clone),
+    ));
+
+    let fifo = env.work.join("blocked.go");
+    let mut out = Vec::new();
+    for (name, path, live, ready) in bins {
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let times = ready.and_then(|()| {
+            eprintln!("bench: analysis and attach: {}", path.display());
+            time_binary(&env.detector, &path, &name, live, &fifo).map_err(|e| format!("{e:#}"))
+        });
+        out.push(Measured {
+            name,
+            path,
+            size,
+            times,
+        });
+    }
+    let _ = fs::remove_file(&fifo);
+    Ok(out)
+}
+
+/// `go build -ldflags='-s -w' cmd/compile` with the newest Go (once: kept in
+/// target/bench; about 2 minutes with a cold Go build cache).
+fn build_stripped_compile(go: &setup::GoTool, out: &Path) -> Result<()> {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if mtime(out).is_some() && mtime(out) >= mtime(&go.go) {
+        return Ok(());
+    }
+    eprintln!(
+        "bench: building a stripped cmd/compile with Go {}",
+        go.version
+    );
+    run_cmd(
+        go_cmd(go)
+            .args(["build", "-ldflags=-s -w", "-o"])
+            .arg(out)
+            .arg("cmd/compile")
+            .current_dir(out.parent().expect("in target/bench")),
+    )
+}
+
+fn time_binary(detector: &Path, bin: &Path, name: &str, live: Live, fifo: &Path) -> Result<Times> {
+    let inspect = || -> Result<(Duration, Value)> {
+        let t = Instant::now();
+        let o = Command::new(detector)
+            .arg("inspect")
+            .arg(bin)
+            .args(["--format", "json"])
+            .output()
+            .context("could not run detector inspect")?;
+        let took = t.elapsed();
+        if !o.status.success() {
+            bail!(
+                "detector inspect {} failed ({}): {}",
+                bin.display(),
+                o.status,
+                first_line(&String::from_utf8_lossy(&o.stderr))
+            );
+        }
+        let json = serde_json::from_slice(&o.stdout).context("detector inspect's JSON")?;
+        Ok((took, json))
+    };
+    // An untimed first run warms the page cache: every timed run reads a cached file.
+    let (_, json) = inspect()?;
+    let mut t = Times {
+        inspect: Vec::new(),
+        attach: Vec::new(),
+        stop: Vec::new(),
+        probes: None,
+        stripped: json["binary"]["stripped"].as_bool(),
+        functions: json["binary"]["function_count"].as_u64(),
+    };
+    for _ in 0..ROUNDS {
+        t.inspect.push(inspect()?.0);
+    }
+    for _ in 0..ROUNDS {
+        let mut hb = None;
+        let mut tool = None;
+        let target = match live {
+            Live::Protocol => {
+                let args: &[&str] = if name.starts_with("hitbench") {
+                    &["-fn", "gomaxprocs", "-n", "1000"]
+                } else {
+                    &[]
+                };
+                let h = Hitbench::start(bin, args)?;
+                let pid = h.pid;
+                hb = Some(h);
+                pid
+            }
+            Live::Fifo => {
+                let child = blocked_tool(bin, name, fifo)?;
+                let pid = child.id();
+                tool = Some(Guard(child));
+                pid
+            }
+        };
+        let started = Instant::now();
+        let mut det = Diagnose::start(detector, target, &[])?;
+        t.attach
+            .push(det.wait_attached(started, Duration::from_secs(120))?);
+        let (stop, json) = det.stop()?;
+        t.stop.push(stop);
+        t.probes = t.probes.or(json["probes"]["attached"].as_u64());
+        drop(tool);
+        if let Some(h) = hb {
+            h.finish()?;
+        }
+    }
+    Ok(t)
+}
+
+/// Starts the Go tool `bin` on a FIFO nobody writes to: it runs its Go runtime and
+/// blocks in open(2), a live process to attach to.
+fn blocked_tool(bin: &Path, name: &str, fifo: &Path) -> Result<Child> {
+    let _ = fs::remove_file(fifo);
+    run_cmd(Command::new("mkfifo").arg(fifo))?;
+    let mut cmd = Command::new(bin);
+    if name.starts_with("link") {
+        cmd.args(["-o", "/dev/null"]).arg(fifo);
+    } else {
+        cmd.args(["-o", "/dev/null", "-p", "main"]).arg(fifo);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("could not start {}", bin.display()))?;
+    // Let its runtime start; it must still be running (blocked on the FIFO).
+    thread::sleep(Duration::from_millis(300));
+    if let Some(s) = child.try_wait()? {
+        bail!(
+            "{} exited ({s}) instead of blocking on {}",
+            bin.display(),
+            fifo.display()
+        );
+    }
+    Ok(child)
+}
+
+pub fn render(md: &mut String, bins: &[Measured], big: &Big) -> Result<()> {
+    writeln!(md, "\n## 4. Analysis and attach time on large binaries\n")?;
+    writeln!(
+        md,
+        "`inspect`: wall time of `detector inspect BINARY --format json` (ELF, build info, \
+         pclntab, prologues and RETs of the probed functions), median of {ROUNDS} after \
+         one untimed run, so the file is in the page cache; × reference: against the \
+         small hitbench fixture, measured in the same run. `attach`: `detector diagnose \
+         --pid PID` on a live process of the binary (the Go tools are started on a FIFO \
+         nobody writes to and block in open(2); hitbench and the generated program wait \
+         on stdin), from the start of detector until its probes are in. `stop`: from \
+         SIGINT until detector exited with its report (detach, symbolisation, rules). \
+         attach and stop: median (min–max) of {ROUNDS}.\n"
+    )?;
+    writeln!(
+        md,
+        "| binary | size | stripped | functions | inspect | × reference | attach | × reference | probes | stop |"
+    )?;
+    writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    let reference = bins.first().and_then(|b| b.times.as_ref().ok());
+    for b in bins {
+        let size = mb(b.size);
+        match &b.times {
+            Ok(t) => {
+                let x = |mine: &[Duration], of: fn(&Times) -> &[Duration]| {
+                    reference.map_or_else(
+                        || "–".into(),
+                        |r| ratio(median_d(mine).as_secs_f64() / median_d(of(r)).as_secs_f64()),
+                    )
+                };
+                writeln!(
+                    md,
+                    "| {} | {size} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    b.name,
+                    t.stripped.map_or("?", |s| if s { "yes" } else { "no" }),
+                    t.functions.map_or_else(|| "?".into(), thousands),
+                    ms(median_d(&t.inspect)),
+                    x(&t.inspect, |r| &r.inspect),
+                    spread(&t.attach),
+                    x(&t.attach, |r| &r.attach),
+                    t.probes.map_or_else(|| "?".into(), |p| p.to_string()),
+                    spread(&t.stop),
+                )?;
+            }
+            Err(why) => writeln!(
+                md,
+                "| {} | {size} | | | not measured: {} | | | | | |",
+                b.name,
+                why.replace('|', "/")
+            )?,
+        }
+    }
+    writeln!(md)?;
+    for b in bins {
+        writeln!(md, "- {}: `{}`", b.name, short_path(&b.path))?;
+    }
+    let size = fs::metadata(&big.path).map(|m| m.len()).unwrap_or(0);
+    match &big.info {
+        Ok(info) => writeln!(
+            md,
+            "\nThe generated binary ({}, from the standard library only: no module proxy \
+             is reachable) is {} stripped; `go build` took {:.0} s on this machine{} and \
+             used {:.0} MB of disk at its peak (sources, its own GOCACHE, output), of which \
+             only the binary is kept in the cache dir.",
+            big.describe(),
+            mb(size),
+            info.build_s,
+            if info.built_now {
+                " (in this run, before anything was timed)"
+            } else {
+                " (in an earlier run: cached)"
+            },
+            info.build_disk_mb,
+        )?,
+        Err(why) => writeln!(
+            md,
+            "\nThe generated 100+ MB binary could not be built: {why}"
+        )?,
+    }
+    if size > 0 && size < 100_000_000 {
+        writeln!(
+            md,
+            "\n**The generated binary is smaller than 100 MB** ({}): raise PACKAGES in \
+             xtask/src/bench/big.rs.",
+            mb(size)
+        )?;
+    }
+    Ok(())
+}

@@ -41,6 +41,31 @@ pub fn buildinfo(data: &[u8]) {
     version(&String::from_utf8_lossy(data.get(..64).unwrap_or(data)));
 }
 
+/// The table `data` (parsed as `tab`) in a minimal executable: `.gopclntab` and a
+/// `.text` mapped at the text base (the default one written into the header when it
+/// has none).
+fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8> {
+    let mut patched = data.to_vec();
+    let text = match tab.text_start_field {
+        0 => {
+            if let Some(field) = patched.get_mut(24..32) {
+                field.copy_from_slice(&DEFAULT_TEXT.to_le_bytes());
+            }
+            DEFAULT_TEXT
+        }
+        t => t,
+    };
+    build_elf(&[
+        Part::section(".gopclntab", &patched, INPUT_VADDR, object::elf::PF_R),
+        Part::section(
+            ".text",
+            &patched,
+            text,
+            object::elf::PF_R | object::elf::PF_X,
+        ),
+    ])
+}
+
 /// The bytes as a `.gopclntab` section: the header, the function table, names, file
 /// and line tables, pc-value tables and the inline tree indices; then the scan that
 /// finds a table without section headers; then a whole binary built around it.
@@ -77,23 +102,7 @@ pub fn pclntab(data: &[u8]) {
             let _ = tab.name_at(data, u32::try_from(rel).unwrap_or(u32::MAX));
         }
     }
-    // The same table in a minimal executable, text mapped at the text base.
-    let mut patched = data.to_vec();
-    if tab.text_start_field == 0 {
-        if let Some(field) = patched.get_mut(24..32) {
-            field.copy_from_slice(&DEFAULT_TEXT.to_le_bytes());
-        }
-    }
-    let file = build_elf(&[
-        Part::section(".gopclntab", &patched, INPUT_VADDR, object::elf::PF_R),
-        Part::section(
-            ".text",
-            &patched,
-            text,
-            object::elf::PF_R | object::elf::PF_X,
-        ),
-    ]);
-    elf(&file);
+    elf(&pclntab_executable(data, &tab));
 }
 
 /// `.symtab` and `.strtab` (the input is a little-endian u32 length, that many bytes
@@ -433,25 +442,7 @@ mod tests {
                 .filter(|f| tab.file_line(&data, f, f.entry).is_some())
                 .count();
             assert!(with_lines * 10 >= funcs.len() * 9, "{}", path.display());
-            let mut patched = data.clone();
-            if tab.text_start_field == 0 {
-                patched[24..32].copy_from_slice(&DEFAULT_TEXT.to_le_bytes());
-            }
-            let text = if tab.text_start_field == 0 {
-                DEFAULT_TEXT
-            } else {
-                tab.text_start_field
-            };
-            let file = build_elf(&[
-                Part::section(".gopclntab", &patched, INPUT_VADDR, object::elf::PF_R),
-                Part::section(
-                    ".text",
-                    &patched,
-                    text,
-                    object::elf::PF_R | object::elf::PF_X,
-                ),
-            ]);
-            let bin = GoBinary::parse(file).unwrap();
+            let bin = GoBinary::parse(pclntab_executable(&data, &tab)).unwrap();
             assert_eq!(bin.funcs().count(), funcs.len());
         }
     }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::{
-    big::Big, first_line, go_cmd, go_output, mb, median_d, ms, ratio, short_path, spread,
+    big::Big, go_cmd, go_output, inspect_json, mb, median_d, ms, ratio, short_path, spread,
     thousands, Diagnose, Env, Guard, Hitbench,
 };
 use crate::{run_cmd, setup};
@@ -124,23 +124,8 @@ fn build_stripped_compile(go: &setup::GoTool, out: &Path) -> Result<()> {
 fn time_binary(detector: &Path, bin: &Path, name: &str, live: Live, fifo: &Path) -> Result<Times> {
     let inspect = || -> Result<(Duration, Value)> {
         let t = Instant::now();
-        let o = Command::new(detector)
-            .arg("inspect")
-            .arg(bin)
-            .args(["--format", "json"])
-            .output()
-            .context("could not run detector inspect")?;
-        let took = t.elapsed();
-        if !o.status.success() {
-            bail!(
-                "detector inspect {} failed ({}): {}",
-                bin.display(),
-                o.status,
-                first_line(&String::from_utf8_lossy(&o.stderr))
-            );
-        }
-        let json = serde_json::from_slice(&o.stdout).context("detector inspect's JSON")?;
-        Ok((took, json))
+        let json = inspect_json(detector, bin)?;
+        Ok((t.elapsed(), json))
     };
     // An untimed first run warms the page cache: every timed run reads a cached file.
     let (_, json) = inspect()?;

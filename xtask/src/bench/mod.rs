@@ -476,14 +476,27 @@ struct Addresses {
     probe: u64,
 }
 
-fn probe_addresses(detector: &Path, bin: &Path, symbol: &str) -> Result<Addresses> {
+/// `detector inspect BIN --format json`, parsed.
+fn inspect_json(detector: &Path, bin: &Path) -> Result<Value> {
     let o = Command::new(detector)
         .arg("inspect")
         .arg(bin)
         .args(["--format", "json"])
         .output()
         .context("could not run detector inspect")?;
-    let json: Value = serde_json::from_slice(&o.stdout).context("detector inspect's JSON")?;
+    if !o.status.success() {
+        bail!(
+            "detector inspect {} failed ({}): {}",
+            bin.display(),
+            o.status,
+            first_line(&String::from_utf8_lossy(&o.stderr))
+        );
+    }
+    serde_json::from_slice(&o.stdout).context("detector inspect's JSON")
+}
+
+fn probe_addresses(detector: &Path, bin: &Path, symbol: &str) -> Result<Addresses> {
+    let json = inspect_json(detector, bin)?;
     let f = json["functions"]
         .as_array()
         .and_then(|fs| fs.iter().find(|f| f["symbol"] == symbol));

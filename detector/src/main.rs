@@ -120,6 +120,10 @@ struct RuleOptions {
 }
 
 fn main() -> ExitCode {
+    // The probe guardian detector starts for itself (not a user command, not in --help).
+    if std::env::args().nth(1).as_deref() == Some(detector::probes::guardian::SUBCOMMAND) {
+        return ExitCode::from(detector::probes::guardian::serve());
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.cmd {

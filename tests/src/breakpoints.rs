@@ -161,11 +161,10 @@ pub fn breakpoints_left(pid: u32, sites: &[Site]) -> std::io::Result<Vec<String>
 }
 
 /// How many times the kernel log says an uprobe was leaked ("failed to unregister,
-/// leaking uprobe"): the kernel does that when the task unregistering it is killed
-/// mid-way (its page walk sees the pending SIGKILL). A leaked uprobe stays registered
-/// without consumer, its int3 in place: hits single-step the original instruction, so
-/// the target runs on, and the next detector run that probes the same function and
-/// detaches cleanly removes the int3. `None` when the log cannot be read.
+/// leaking uprobe"): the kernel does that when the task (un)registering it is killed
+/// mid-way (its page walk sees the pending SIGKILL), and leaves the int3 in place.
+/// detector's guardian process exists so that this never happens to its uprobes.
+/// `None` when the log cannot be read.
 pub fn kernel_uprobe_leaks() -> Option<usize> {
     let out = Command::new("dmesg").output().ok()?;
     if !out.status.success() {
@@ -179,9 +178,38 @@ pub fn kernel_uprobe_leaks() -> Option<usize> {
     )
 }
 
-/// Polls (the kernel unregisters uprobes asynchronously once the last descriptor of
-/// a killed process is closed) until `pid`'s text holds no breakpoint, up to
-/// `timeout`; the breakpoints still there otherwise (or why they cannot be read).
+/// The pid of the probe guardian serving detector process `detector_pid` (its command
+/// line is `detector __guardian --for PID`), if it is running.
+pub fn guardian_of(detector_pid: u32) -> Option<u32> {
+    let want = detector_pid.to_string();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let serves = args
+            .windows(3)
+            .any(|w| w[0] == b"__guardian" && w[1] == b"--for" && w[2] == want.as_bytes());
+        serves.then_some(pid)
+    })
+}
+
+/// Waits until the guardian of `detector_pid` has exited (it removes every uprobe the
+/// detector left, one RCU wait each, then exits), up to `timeout`.
+pub fn wait_guardian_gone(detector_pid: u32, timeout: Duration) -> Result<(), String> {
+    let t0 = Instant::now();
+    while let Some(g) = guardian_of(detector_pid) {
+        if t0.elapsed() >= timeout {
+            return Err(format!(
+                "the probe guardian (pid {g}) of detector {detector_pid} is still running after {timeout:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Polls until `pid`'s text holds no breakpoint, up to `timeout`; the breakpoints
+/// still there otherwise (or why they cannot be read).
 pub fn wait_no_breakpoints(pid: u32, sites: &[Site], timeout: Duration) -> Result<(), String> {
     let t0 = Instant::now();
     loop {
@@ -200,37 +228,24 @@ pub fn wait_no_breakpoints(pid: u32, sites: &[Site], timeout: Duration) -> Resul
     }
 }
 
-/// After a detector process was SIGKILLed: waits until `pid`'s text holds no
-/// breakpoint. A leftover is accepted only when the kernel log shows a new uprobe leak
-/// since `leaks_before` ([`kernel_uprobe_leaks`]); then one clean `detector diagnose`
-/// run must remove it. `Ok(true)` when such a leak happened (and was removed).
+/// After detector process `detector_pid` was SIGKILLed: its guardian must remove every
+/// uprobe and exit, after which `pid`'s text must hold no breakpoint, and the kernel
+/// log must show no uprobe leaked since `leaks_before` ([`kernel_uprobe_leaks`]).
 pub fn check_after_kill(
-    detector: &Path,
+    detector_pid: u32,
     pid: u32,
     sites: &[Site],
     leaks_before: Option<usize>,
-) -> Result<bool, String> {
-    let Err(left) = wait_no_breakpoints(pid, sites, Duration::from_secs(5)) else {
-        return Ok(false);
-    };
-    let leaked = leaks_before
-        .zip(kernel_uprobe_leaks())
-        .is_some_and(|(a, b)| b > a);
-    if !leaked {
-        return Err(left);
+) -> Result<(), String> {
+    wait_guardian_gone(detector_pid, Duration::from_secs(60))?;
+    wait_no_breakpoints(pid, sites, Duration::from_secs(1))?;
+    if let Some((before, after)) = leaks_before.zip(kernel_uprobe_leaks()) {
+        if after > before {
+            return Err(format!(
+                "the kernel logged {} new \"leaking uprobe\" line(s)",
+                after - before
+            ));
+        }
     }
-    let out = Command::new(detector)
-        .args(["diagnose", "--pid", &pid.to_string(), "--duration", "300ms"])
-        .output()
-        .map_err(|e| format!("cannot run detector: {e}"))?;
-    if !matches!(out.status.code(), Some(0) | Some(1)) {
-        return Err(format!(
-            "{left}; the kernel leaked the uprobe, and the clean-up run failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    wait_no_breakpoints(pid, sites, Duration::from_secs(5)).map_err(|after| {
-        format!("{left}; the kernel leaked the uprobe, and a clean run did not remove it: {after}")
-    })?;
-    Ok(true)
+    Ok(())
 }

@@ -10,16 +10,10 @@
 //! fails (socket error, non-200 status, different body); a diagnose run that was not
 //! killed exits with anything but 0 or 1, or hangs; an eBPF program a run held is
 //! still loaded after it ended; a breakpoint is left in the target's text after a run
-//! ended (see [`crate::breakpoints`]); the target does not exit cleanly (status 0)
-//! when asked to stop with SIGTERM at the end.
-//!
-//! One exception, counted and reported: a run SIGKILLed while one of its threads is
-//! inside an uprobe (un)registration makes the kernel leak that uprobe (it logs
-//! "failed to unregister, leaking uprobe"), int3 included. Its breakpoint is tolerated
-//! after a killed run only when the kernel log shows a new leak, the target must keep
-//! running over it, and the next completed run (which probes the same functions and
-//! detaches cleanly) must remove it: after every completed run the text must be
-//! clean, and a last clean-up run ends the soak if a leak is still pending.
+//! ended (see [`crate::breakpoints`]), once a killed run's probe guardian has exited;
+//! a completed run leaving its guardian behind; the kernel logging a leaked uprobe
+//! after a kill; the target does not exit cleanly (status 0) when asked to stop with
+//! SIGTERM at the end.
 //!
 //! Used by `tests/tests/soak.rs` (a few cycles per Go version, in CI) and by
 //! `cargo xtask soak` (`src/bin/soak.rs`, 1,000 cycles per Go version by default).
@@ -91,10 +85,8 @@ pub struct Outcome {
     pub programs_held: usize,
     /// ReadMemStats calls the completed runs counted (the probes did fire).
     pub calls_observed: u64,
-    /// Killed runs after which the kernel leaked an uprobe (see the module doc), and
-    /// how many of those leaks a later completed run removed (all, when the soak passes).
-    pub kernel_leaks: usize,
-    pub leaks_cleared: usize,
+    /// Runs whose probe guardian was seen (it creates and removes every uprobe).
+    pub guardian_seen: usize,
     /// wrk: requests completed and failures of each kind (all 0 when the soak passes).
     pub requests: u64,
     pub mismatches: u64,
@@ -119,7 +111,7 @@ impl Outcome {
     pub fn summary(&self) -> String {
         format!(
             "{}: {} cycles survived in {:.0} s; diagnose runs: {} completed, {} killed ({} loading, {} attached, {} detaching); \
-             breakpoints seen in {} runs, {} programs held, all freed; kernel-leaked uprobes after a kill: {} ({} removed by the next run); \
+             breakpoints seen in {} runs, {} programs held, all freed; guardian seen in {} runs, no uprobe leaked; \
              {} requests, {} errors (p99 {:.1} ms, max {:.1} ms); {} ReadMemStats calls in the target, {} counted by detector",
             self.label,
             self.cycles,
@@ -131,8 +123,7 @@ impl Outcome {
             self.killed[2],
             self.breakpoints_seen,
             self.programs_held,
-            self.kernel_leaks,
-            self.leaks_cleared,
+            self.guardian_seen,
             self.requests,
             self.errors(),
             self.latency_p99_us as f64 / 1e3,
@@ -466,7 +457,7 @@ fn stop_wrk(mut wrk: Guard, out: &Mutex<String>, o: &mut Outcome) -> Result<()> 
 }
 
 /// ReadMemStats calls a diagnose JSON report counted.
-fn readmemstats_calls(report: &str) -> Option<u64> {
+pub fn readmemstats_calls(report: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(report).ok()?;
     let calls = v["collected"]["calls"].as_array()?;
     Some(
@@ -528,8 +519,6 @@ fn run_inner(o: &Options) -> Result<Outcome> {
     // Lifetime of a run (load, attach, window, report, detach), from completed ones.
     let mut lifetime_ms = 2500.0f64;
     let mut last_serving = (Instant::now(), service.calls.load(Ordering::SeqCst));
-    // Breakpoints of an uprobe the kernel leaked when a run was killed, until removed.
-    let mut pending_leak: Option<String> = None;
     for cycle in 0..o.cycles {
         if o.kill_every > 0 && cycle.is_multiple_of(o.kill_every) {
             kill_at_cycle = cycle + rng.below(o.kill_every as u64) as usize;
@@ -553,6 +542,7 @@ fn run_inner(o: &Options) -> Result<Outcome> {
         let t0 = Instant::now();
         let mut held = std::collections::BTreeSet::new();
         let mut seen_bp = false;
+        let mut guarded = false;
         let mut polls = 0u32;
         let status = loop {
             if let Some(s) = d.0.try_wait()? {
@@ -561,6 +551,9 @@ fn run_inner(o: &Options) -> Result<Outcome> {
             held.extend(program_ids_of(d_pid));
             if polls.is_multiple_of(3) && !seen_bp {
                 seen_bp = breakpoints::any_breakpoint(pid, &sites);
+            }
+            if polls.is_multiple_of(3) && !guarded {
+                guarded = breakpoints::guardian_of(d_pid).is_some();
             }
             polls += 1;
             if kill_after.is_some_and(|k| t0.elapsed() >= k) {
@@ -628,29 +621,20 @@ fn run_inner(o: &Options) -> Result<Outcome> {
                 when("programs left")
             );
         }
-        match breakpoints::wait_no_breakpoints(pid, &sites, Duration::from_secs(5)) {
-            Ok(()) => {
-                out.leaks_cleared += pending_leak.take().is_some() as usize;
+        out.guardian_seen += guarded as usize;
+        if killed {
+            breakpoints::check_after_kill(d_pid, pid, &sites, leaks_before)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", when("after the kill")))?;
+        } else {
+            // A completed run waits for its guardian: nothing of it may be left.
+            if let Some(g) = breakpoints::guardian_of(d_pid) {
+                bail!(
+                    "{}: its probe guardian (pid {g}) is still running",
+                    when("run ended")
+                );
             }
-            Err(left) => {
-                let new_leak = killed
-                    && leaks_before
-                        .zip(breakpoints::kernel_uprobe_leaks())
-                        .is_some_and(|(a, b)| b > a);
-                if new_leak {
-                    out.kernel_leaks += 1;
-                    pending_leak = Some(left);
-                } else if !(killed && pending_leak.is_some()) {
-                    bail!(
-                        "{}: {left}{}",
-                        when("breakpoints left"),
-                        pending_leak
-                            .as_ref()
-                            .map(|p| format!(" (a completed run did not remove the uprobe the kernel leaked earlier: {p})"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            breakpoints::wait_no_breakpoints(pid, &sites, Duration::from_secs(1))
+                .map_err(|left| anyhow::anyhow!("{}: {left}", when("breakpoints left")))?;
         }
         service.check_alive(&when("during the soak"))?;
         // Still serving: its request count moves (wrk sends continuously).
@@ -679,27 +663,6 @@ fn run_inner(o: &Options) -> Result<Outcome> {
         }
     }
 
-    if let Some(leak) = pending_leak.take() {
-        // The last runs left a kernel-leaked uprobe: one clean run must remove it.
-        let clean = Command::new(&o.detector)
-            .args(["diagnose", "--pid", &pid.to_string()])
-            .args(["--duration", &o.duration, "--format", "json"])
-            .output()
-            .context("starting detector diagnose")?;
-        if !matches!(clean.status.code(), Some(0) | Some(1)) {
-            bail!(
-                "the clean-up run failed: {}: {}",
-                clean.status,
-                String::from_utf8_lossy(&clean.stderr).trim()
-            );
-        }
-        breakpoints::wait_no_breakpoints(pid, &sites, Duration::from_secs(5)).map_err(|left| {
-            anyhow::anyhow!(
-                "a clean run did not remove the uprobe the kernel leaked ({leak}): {left}"
-            )
-        })?;
-        out.leaks_cleared += 1;
-    }
     stop_wrk(wrk, &wrk_out, &mut out)?;
     service.check_alive("at the end of the soak")?;
     service.stop()?;

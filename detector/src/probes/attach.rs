@@ -1,25 +1,31 @@
-//! Loads the eBPF object and attaches a [`Plan`]'s probes with aya. Dropping
-//! [`Attached`] detaches every probe; if the agent dies, the kernel drops them with
-//! its file descriptors, so nothing outlives the process.
+//! Loads the eBPF object with aya and attaches a [`Plan`]'s probes. Each probe is a
+//! uprobe created by the guardian process (see `guardian`) with detector's program
+//! linked to it. Dropping [`Attached`] detaches every probe; if detector dies, the
+//! kernel drops its links with its descriptors and the guardian removes the uprobes,
+//! so nothing outlives the process.
 use std::{
     collections::{HashMap, HashSet},
-    num::NonZeroU32,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Instant,
 };
 
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
-        UProbe,
-    },
+    programs::UProbe,
     Ebpf,
 };
 use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats};
 
-use super::plan::{Plan, PlannedProbe, Program};
+use super::{
+    guardian::Guardian,
+    plan::{Plan, PlannedProbe, Program},
+    uprobe,
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
 
@@ -35,8 +41,8 @@ pub enum ProbeError {
     NoUprobeSupport,
 }
 
-/// Where the kernel's uprobe PMU announces itself (aya creates uprobes through it).
-const UPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/uprobe/type";
+/// Where the kernel's uprobe PMU announces itself (uprobes are created through it).
+const UPROBE_PMU_TYPE: &str = uprobe::PMU_TYPE_PATH;
 
 /// Linux capability numbers (include/uapi/linux/capability.h).
 const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -96,6 +102,42 @@ pub fn watch_privilege_warning() -> Option<String> {
 /// attached through it. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    /// None when it could not start: detector then creates uprobes itself.
+    guardian: Option<Arc<Guardian>>,
+}
+
+/// One live probe: detector's program linked to a uprobe. Dropping it detaches the
+/// program, then removes the uprobe (see [`Event`]).
+pub struct Link {
+    link: Option<OwnedFd>,
+    event: Event,
+}
+
+/// Who holds the uprobe's last reference, and so removes its breakpoint.
+enum Event {
+    /// The guardian: it closes its descriptor when asked (or when detector dies).
+    Guarded { id: u64, guardian: Arc<Guardian> },
+    /// detector itself (no guardian): held only to be closed.
+    Own { _event: OwnedFd },
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The link first: once it is closed, the guardian's close is the last one.
+        drop(self.link.take());
+        if let Event::Guarded { id, guardian } = &self.event {
+            guardian.close(*id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.event {
+            Event::Guarded { id, .. } => write!(f, "Link(guarded #{id})"),
+            Event::Own { .. } => write!(f, "Link(own)"),
+        }
+    }
 }
 
 /// The probes of one plan attached through [`Probes::attach_plan`].
@@ -103,7 +145,7 @@ pub struct Probes {
 pub struct AttachedPlan {
     /// Parallel to `Plan::probes`: the live link of each probe (None when it failed to
     /// attach, or is detached for now by the overhead budget's duty cycle).
-    links: Vec<Option<(Program, UProbeLinkId)>>,
+    links: Vec<Option<Link>>,
     /// Where and for whom the probes go, to re-attach one later.
     target: PathBuf,
     pid: Option<u32>,
@@ -168,7 +210,17 @@ impl Probes {
             prog.load()
                 .map_err(|e| ProbeError::Load(format!("{}: {e:#}", p.name())))?;
         }
-        Ok(Probes { ebpf })
+        let guardian = match Guardian::start() {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                log::warn!(
+                    "cannot start the probe guardian ({e}); detector creates and removes uprobes itself, \
+                     so a SIGKILL at the wrong moment can leave a breakpoint in a target"
+                );
+                None
+            }
+        };
+        Ok(Probes { ebpf, guardian })
     }
 
     fn program(&mut self, p: Program) -> &mut UProbe {
@@ -197,7 +249,7 @@ impl Probes {
         for probe in &plan.probes {
             match self.attach_probe(probe, target, pid, id_base) {
                 Ok(link) => {
-                    out.links.push(Some((probe.program, link)));
+                    out.links.push(Some(link));
                     out.attached += 1;
                 }
                 Err(e) => {
@@ -228,23 +280,54 @@ impl Probes {
         target: &Path,
         pid: Option<u32>,
         id_base: u32,
-    ) -> Result<UProbeLinkId, String> {
-        let scope = match pid.and_then(NonZeroU32::new) {
-            Some(pid) => UProbeScope::OneProcess(pid),
-            None => UProbeScope::AllProcesses,
-        };
+    ) -> Result<Link, String> {
         let cookie = if probe.program == Program::CountCall {
             probe.cookie + id_base as u64
         } else {
             probe.cookie
         };
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-            cookie: Some(cookie),
+        let (owner, event) = self.open_uprobe(target, probe.file_offset, pid)?;
+        // From here on, dropping `unlinked` removes the uprobe again.
+        let mut unlinked = Link {
+            link: None,
+            event: owner,
         };
-        self.program(probe.program)
-            .attach(point, target, scope)
-            .map_err(|e| format!("{e:#}"))
+        let prog = self
+            .program(probe.program)
+            .fd()
+            .map_err(|e| format!("{e:#}"))?
+            .as_fd();
+        let link = uprobe::link(prog, event.as_fd(), cookie)
+            .map_err(|e| format!("linking {} to the uprobe: {e}", probe.program.name()))?;
+        unlinked.link = Some(link);
+        Ok(unlinked)
+    }
+
+    /// Creates the uprobe, through the guardian when there is one. Returns who owns it
+    /// and a descriptor of it to link the program to.
+    fn open_uprobe(
+        &self,
+        target: &Path,
+        offset: u64,
+        pid: Option<u32>,
+    ) -> Result<(Event, OwnedFd), String> {
+        let failed = |e: std::io::Error| format!("creating the uprobe (perf_event_open): {e}");
+        if let Some(guardian) = &self.guardian {
+            match guardian.open(target, offset, pid) {
+                Ok(o) => {
+                    let event = Event::Guarded {
+                        id: o.id,
+                        guardian: guardian.clone(),
+                    };
+                    return Ok((event, o.event));
+                }
+                Err(Some(e)) => return Err(failed(e)),
+                Err(None) => {} // The guardian is gone: on our own.
+            }
+        }
+        let own = uprobe::open(target, offset, pid).map_err(failed)?;
+        let dup = own.try_clone().map_err(failed)?;
+        Ok((Event::Own { _event: own }, dup))
     }
 
     /// Re-attaches probe `index` of `attached` (one the duty cycle detached); true when
@@ -259,7 +342,7 @@ impl Probes {
         let target = attached.target.clone();
         match self.attach_probe(probe, &target, attached.pid, attached.id_base) {
             Ok(link) => {
-                attached.links[index] = Some((probe.program, link));
+                attached.links[index] = Some(link);
                 true
             }
             Err(e) => {
@@ -273,12 +356,8 @@ impl Probes {
     /// breakpoint at once, then waits for RCU grace periods (about 0.1 s), which a
     /// background thread sits out.
     pub fn detach_later(&mut self, attached: &mut AttachedPlan, index: usize) {
-        let Some(Some((program, link))) = attached.links.get_mut(index).map(Option::take) else {
-            return;
-        };
-        match self.program(program).take_link(link) {
-            Ok(link) => release_in_background(vec![link]),
-            Err(e) => log::warn!("detaching a {} probe: {e:#}", program.name()),
+        if let Some(Some(link)) = attached.links.get_mut(index).map(Option::take) {
+            release_in_background(vec![link]);
         }
     }
 
@@ -295,14 +374,7 @@ impl Probes {
 
     /// Detaches the probes of several plans at once (see [`Probes::detach`]).
     pub fn detach_many(&mut self, plans: impl IntoIterator<Item = AttachedPlan>) {
-        let mut links = Vec::new();
-        for (p, link) in plans.into_iter().flat_map(|a| a.links).flatten() {
-            match self.program(p).take_link(link) {
-                Ok(l) => links.push(l),
-                Err(e) => log::warn!("detaching a {} probe: {e:#}", p.name()),
-            }
-        }
-        release_all(links);
+        release_all(plans.into_iter().flat_map(|a| a.links).flatten().collect());
     }
 
     /// Drops every kernel-side entry of processes that are gone, so the maps do not
@@ -356,7 +428,7 @@ impl Probes {
 /// unregisters uprobes one at a time (each waits for an RCU grace period, about
 /// 0.09 s on 6.x, under a global mutex), so dropping them on several threads would
 /// not be faster.
-fn release_all(links: Vec<UProbeLink>) {
+fn release_all(links: Vec<Link>) {
     if links.is_empty() {
         return;
     }
@@ -376,7 +448,7 @@ pub fn detaches_in_flight() -> usize {
 }
 
 /// Drops `links` on a background thread (the duty cycle must not wait for it).
-fn release_in_background(links: Vec<UProbeLink>) {
+fn release_in_background(links: Vec<Link>) {
     IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let spawned = std::thread::Builder::new()
         .name("detach".into())

@@ -3,4 +3,6 @@
 pub mod attach;
 pub mod budget;
 pub mod catalog;
+pub mod guardian;
 pub mod plan;
+pub mod uprobe;

@@ -115,12 +115,12 @@ fn main() -> ExitCode {
     }
     println!();
     println!(
-        "| Go / kind | cycles survived | diagnose runs killed (loading / attached / detaching) | completed | uprobes leaked by the kernel (removed) | requests | errors | p99 latency | time |"
+        "| Go / kind | cycles survived | diagnose runs killed (loading / attached / detaching) | completed | runs with the guardian seen | requests | errors | p99 latency | time |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} ({} / {} / {}) | {} | {} ({}) | {} | {} | {:.1} ms | {:.0} s |",
+            "| {} | {} | {} ({} / {} / {}) | {} | {} | {} | {} | {:.1} ms | {:.0} s |",
             r.label,
             r.cycles,
             r.kills(),
@@ -128,8 +128,7 @@ fn main() -> ExitCode {
             r.killed[1],
             r.killed[2],
             r.completed,
-            r.kernel_leaks,
-            r.leaks_cleared,
+            r.guardian_seen,
             r.requests,
             r.errors(),
             r.latency_p99_us as f64 / 1e3,

@@ -359,6 +359,7 @@ fn watch_follows_replaced_binaries_and_other_mount_namespaces() {
         "the replaced binary was not analysed again"
     );
     assert!(scalar(&addr, "detector_binaries_attached") >= 2.0);
+    assert_eq!(scalar(&addr, "detector_probe_guardian_up"), 1.0);
     let (_, body) = get(&addr, "/metrics");
     assert!(pids_in(&parse(&body), "detector_process_info").contains(&old.0.id()));
 

@@ -361,6 +361,12 @@ impl Probes {
         }
     }
 
+    /// Whether the probe guardian runs (see `guardian`): without it, a SIGKILL of
+    /// detector at the wrong moment can leave a breakpoint in a target.
+    pub fn guardian_running(&self) -> bool {
+        self.guardian.as_ref().is_some_and(|g| g.is_running())
+    }
+
     /// Whether probe `index` of `attached` is live.
     pub fn is_live(attached: &AttachedPlan, index: usize) -> bool {
         attached.links.get(index).is_some_and(Option::is_some)

@@ -151,6 +151,26 @@ impl Guardian {
         self.lost.load(Ordering::Relaxed)
     }
 
+    /// Whether the guardian still runs (checked now, without talking to it).
+    pub fn is_running(&self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        let exited = match self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        };
+        if exited {
+            self.lose(&io::Error::other("it exited"));
+        }
+        !exited
+    }
+
     fn lose(&self, why: &io::Error) {
         if !self.lost.swap(true, Ordering::Relaxed) {
             log::warn!(

@@ -68,6 +68,8 @@ pub struct SelfStats {
     pub probes_attached: u64,
     /// Call probes the overhead budget keeps live for only part of the time.
     pub probes_duty_cycled: u64,
+    /// Whether the probe guardian runs (1) or not (0).
+    pub probe_guardian_up: u64,
     pub attach_errors: u64,
     pub binaries_attached: u64,
     pub binaries_analysed: u64,
@@ -277,6 +279,7 @@ impl Agent {
         self.stats.probe_hits =
             raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>();
         self.stats.kernel_errors = raw.errors.to_vec();
+        self.stats.probe_guardian_up = self.probes.guardian_running() as u64;
         self.stats.probes_duty_cycled = self
             .binaries
             .values()

@@ -178,6 +178,13 @@ impl Collector for StateCollector {
         )?;
         single(
             &mut enc,
+            "detector_probe_guardian_up",
+            "1 while the probe guardian runs (it creates and removes uprobes, so that a SIGKILL of detector cannot leave a breakpoint in a target); 0 if it could not start or died",
+            Gauge,
+            g(s.probe_guardian_up),
+        )?;
+        single(
+            &mut enc,
             "detector_binaries_attached",
             "Distinct binaries with probes attached",
             Gauge,

@@ -130,7 +130,15 @@ impl Guardian {
             child: Mutex::new(Some(child)),
             lost: AtomicBool::new(false),
         };
-        g.await_hello()?;
+        if let Err(e) = g.await_hello() {
+            // Not a working guardian: make sure it is gone before dropping it, since
+            // dropping waits for it to exit.
+            if let Some(mut child) = g.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(e);
+        }
         Ok(g)
     }
 

@@ -171,15 +171,9 @@ fn target_forking_and_execing_children_under_watch() {
     parent.stop().unwrap();
 }
 
-/// The parent pid of `pid` (from /proc/PID/stat).
+/// The parent pid of `pid` (field 4 of /proc/PID/stat).
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    detector::watch::discover::stat_field(pid, 4).map(|p| p as u32)
 }
 
 /// A target that exits (SIGKILL, or SIGTERM and its clean exit) as soon as the first

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use detector::watch::discover::stat_field;
 use detector_tests::{
     breakpoints::{
         any_breakpoint, check_after_kill, guardian_of, kernel_uprobe_leaks, probe_sites,
@@ -25,14 +26,6 @@ fn start_service(tag: &str) -> Service {
     let bin = version_dir("service", 27).join("default/service");
     Service::start(&bin, tag, &["-misuse", "readmemstats", "-rate", "200"])
         .expect("start the service fixture")
-}
-
-/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat.
-fn stat_field(pid: u32, n: usize) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(n - 3)?.parse().ok()
 }
 
 /// Waits until `cond` holds, polling every 2 ms, up to `limit`.
@@ -150,7 +143,7 @@ fn guardian_lives_exactly_as_long_as_detector() {
     let g = guardian.unwrap();
     assert_eq!(
         stat_field(g, 4),
-        Some(d_pid as i64),
+        Some(d_pid as u64),
         "the guardian's parent"
     );
     let (g_session, d_session) = (stat_field(g, 6), stat_field(d_pid, 6));

@@ -55,15 +55,22 @@ impl Filter {
     }
 }
 
-fn start_ticks(pid: u32) -> Option<u64> {
+/// Field `n` of /proc/PID/stat, numbered from 1 as in proc(5); only fields after the
+/// command name (n >= 3), which is in parentheses and may hold spaces.
+pub fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (starttime); fields after the parenthesised command name start at 3.
     stat.rsplit_once(')')?
         .1
         .split_whitespace()
-        .nth(19)?
+        .nth(n.checked_sub(3)?)?
         .parse()
         .ok()
+}
+
+/// When the process started (field 22, clock ticks since boot): with the pid, it
+/// tells a process from a later one that reused its pid.
+fn start_ticks(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
 }
 
 /// Every user-space process on the host except `skip` (detector itself). Kernel

@@ -15,6 +15,9 @@ pub const MAX_CALL_KEYS: u32 = 16_384;
 pub const MAX_STW_KEYS: u32 = 4_096;
 /// Maximum processes with a pause in flight at once (one per process: STW is serialised).
 pub const MAX_OPEN_PAUSES: u32 = 8_192;
+/// Call probe ids whose counting is paused at once (the overhead budget's duty cycle
+/// pauses a unit before its detach; see `detector::probes::budget`).
+pub const MAX_PAUSED_PROBES: u32 = 4_096;
 
 /// The attach cookie is `probe id | (argument mode << 32)`.
 ///

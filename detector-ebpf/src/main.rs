@@ -28,9 +28,9 @@ use aya_ebpf::{
 };
 use detector_common::{
     errors, log2_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
-    COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_STW_KEYS,
-    STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG,
-    STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
+    COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_PAUSED_PROBES,
+    MAX_STW_KEYS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
+    STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
     STW_REASON_STRING_FLAG,
 };
 
@@ -57,6 +57,11 @@ static STW_PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_OPEN
 #[map]
 static FORCED_GC: HashMap<u32, u64> = HashMap::with_max_entries(MAX_OPEN_PAUSES, 0);
 
+/// Call probe ids (cookie's low 32 bits) not to count for now: the duty cycle pauses a
+/// probe here, an exact moment, before it unlinks and removes it, which can take the
+/// kernel tens of milliseconds during which the probe still fires.
+#[map]
+static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PAUSED_PROBES, 0);
 #[map]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
 
@@ -76,6 +81,9 @@ fn tgid_tid() -> (u32, u32) {
 #[uprobe]
 pub fn count_call(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if unsafe { PAUSED.get(&(cookie as u32)) }.is_some() {
+        return 0;
+    }
     let regs = unsafe { &*ctx.regs };
     let arg = match ArgMode::from_u8((cookie >> COOKIE_ARG_SHIFT) as u8) {
         ArgMode::None => 0,

@@ -38,6 +38,9 @@ pub const SINGLE_STEP_HIT_COST_S: f64 = 30e-6;
 /// period saves its share up and goes live once it has this much.
 const MIN_ON: Duration = Duration::from_millis(3);
 
+/// A rate is measured over at least this much live time.
+const MIN_MEASURED: Duration = Duration::from_millis(10);
+
 /// The first look at the rates comes this soon after attaching, so that a hot probe
 /// costs the target its full rate for 25 ms, not for a whole period.
 const PROBATION: Duration = Duration::from_millis(25);
@@ -221,13 +224,27 @@ impl DutyCycle {
             .collect()
     }
 
+    /// Drops the kernel's pause entries of this plan's units, before it is detached
+    /// for good (watch's binaries come and go; their probe ids are not reused, but the
+    /// entries would fill the map).
+    pub fn forget(&self, probes: &mut Probes) {
+        for u in &self.units {
+            probes.set_counting(u.call_id, true);
+        }
+    }
+
     /// Ends the live phases whose time is up.
     pub fn poll(&mut self, now: Instant, probes: &mut Probes, attached: &mut AttachedPlan) {
         for u in &mut self.units {
             if u.off_at.is_some_and(|t| t <= now) {
                 u.off_at = None;
+                // Counting stops here, at a known moment; the detach that follows
+                // takes the kernel a while, and the probe must not count meanwhile.
+                probes.set_counting(u.call_id, false);
                 if let Some(since) = u.live_since.take() {
-                    u.on_closed += now.saturating_duration_since(since).as_secs_f64();
+                    let live = Instant::now().saturating_duration_since(since);
+                    log::debug!("unit {} off after {live:?} live", u.call_id);
+                    u.on_closed += live.as_secs_f64();
                 }
                 for &i in &u.probes {
                     probes.detach_later(attached, i);
@@ -266,7 +283,9 @@ impl DutyCycle {
             let on = u.on_seconds(now);
             let on_delta = on - u.on_then;
             let now_hits = hits.remove(&u.call_id).unwrap_or_default();
-            if on_delta >= 0.001 {
+            // Shorter live time is left to add up: the counts were read a little
+            // before `now`, a skew that would swamp the rate of a sliver.
+            if on_delta >= MIN_MEASURED.as_secs_f64() {
                 measured[ui] = true;
                 for (pid, n) in &now_hits {
                     let d = n.saturating_sub(*u.hits_then.get(pid).unwrap_or(&0));
@@ -276,9 +295,9 @@ impl DutyCycle {
                         .or_default()
                         .push((ui, rate * u.hit_cost_s));
                 }
+                u.hits_then = now_hits;
+                u.on_then = on;
             }
-            u.hits_then = now_hits;
-            u.on_then = on;
         }
         let mut fraction: Vec<f64> = vec![1.0; self.units.len()];
         for shares in costs.values() {
@@ -293,6 +312,8 @@ impl DutyCycle {
             }
         }
         let period = self.period.as_secs_f64();
+        let tail = attach::detach_tail().as_secs_f64();
+        let mut go_live = vec![false; self.units.len()];
         for (ui, u) in self.units.iter_mut().enumerate() {
             if !measured[ui] {
                 // Not live since the last look (e.g. a re-attach failed): try again.
@@ -312,21 +333,32 @@ impl DutyCycle {
                 stay_off = true;
             } else {
                 u.credit_s += u.fraction * period;
-                if u.credit_s >= MIN_ON.as_secs_f64() {
-                    u.off_at = Some(now + Duration::from_secs_f64(u.credit_s.min(period)));
-                    u.credit_s = 0.0;
-                } else {
-                    u.off_at = Some(now);
-                    stay_off = true;
+                match live_phase(u.credit_s, tail, period) {
+                    Some(live) => {
+                        u.off_at = Some(now + Duration::from_secs_f64(live));
+                        u.credit_s = 0.0;
+                    }
+                    None => {
+                        u.off_at = Some(now);
+                        stay_off = true;
+                    }
                 }
             }
-            if u.live_since.is_none() && !stay_off {
+            go_live[ui] = u.live_since.is_none() && !stay_off;
+        }
+        // Units whose time is up stop counting before any re-attach (each can wait
+        // behind other uprobe users), so they count nothing past `now`.
+        self.poll(now, probes, attached);
+        for (ui, u) in self.units.iter_mut().enumerate() {
+            if go_live[ui] {
                 let mut live = false;
                 for &i in &u.probes {
                     live |= probes.reattach(plan, attached, i);
                 }
                 if live {
-                    // Live from when the kernel has the breakpoint in, not from `now`.
+                    // Live from when counting resumes, once the kernel has the
+                    // breakpoint in and the program linked, not from `now`.
+                    probes.set_counting(u.call_id, true);
                     let t = Instant::now();
                     log::debug!("unit {} live after {:?}", u.call_id, t - now);
                     u.live_since = Some(t);
@@ -336,8 +368,19 @@ impl DutyCycle {
                 }
             }
         }
-        self.poll(now, probes, attached);
     }
+}
+
+/// How long a cycled unit goes live, given the live time it has saved up (`credit_s`),
+/// or `None` to keep saving. A live phase costs the target its live time plus the
+/// detach tail (the breakpoint stays in, trapping every call, until the kernel has
+/// unregistered it; see [`attach::detach_tail`]), so the tail is paid out of the
+/// credit: a hot probe goes live less often rather than over its budget. A phase is
+/// at least as long as its tail, so that at least half of what it costs is spent
+/// counting (a few phases of 0.1 s measure a rate better than many of 5 ms).
+fn live_phase(credit_s: f64, tail_s: f64, period_s: f64) -> Option<f64> {
+    let live = credit_s - tail_s;
+    (live >= MIN_ON.as_secs_f64().max(tail_s)).then(|| live.min(period_s))
 }
 
 /// Max-min fair shares of `budget` among units of cost `(unit, cost)`: units cheaper
@@ -443,6 +486,34 @@ mod tests {
         assert!((get(2) - 0.0225).abs() < 1e-9);
         let spent = 0.001 + get(0) * 0.1 + get(2) * 0.2;
         assert!((spent - 0.01).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_detach_tail_is_paid_from_the_live_time() {
+        // 100k calls/s at 1.5 µs, two hot probes sharing 1 %: 33 ms a period each.
+        let share = 0.005 / (100_000.0 * HIT_COST_S);
+        let tail = 0.09;
+        let mut credit = 0.0;
+        let mut phases = Vec::new();
+        for period in 0..12 {
+            credit += share;
+            if let Some(live) = live_phase(credit, tail, 1.0) {
+                phases.push((period, live));
+                credit = 0.0;
+            }
+        }
+        // Live once every 6 periods, for what is left of 200 ms after the tail.
+        assert_eq!(phases.len(), 2, "{phases:?}");
+        assert!((phases[0].1 - 0.11).abs() < 1e-9, "{phases:?}");
+        let cost: f64 = phases.iter().map(|(_, live)| live + tail).sum();
+        assert!(cost <= share * 12.0 + 1e-9, "{cost} > {}", share * 12.0);
+        assert!(phases.iter().all(|(_, live)| *live >= MIN_ON.as_secs_f64()));
+        // A quick detach leaves most of the share live; a long phase is capped.
+        assert_eq!(live_phase(0.5, 0.0, 1.0), Some(0.5));
+        assert_eq!(live_phase(2.0, 0.1, 1.0), Some(1.0));
+        assert_eq!(live_phase(0.05, 0.1, 1.0), None);
+        assert_eq!(live_phase(0.15, 0.1, 1.0), None);
+        assert_eq!(live_phase(0.004, 0.0, 1.0), Some(0.004));
     }
 
     #[test]

@@ -310,6 +310,9 @@ impl Agent {
         drop(shared);
         // Unregistering uprobes waits for the kernel (RCU): done after publishing, so
         // an exited process's series are gone from /metrics at once.
+        for w in &unused {
+            w.duty.forget(&mut self.probes);
+        }
         self.probes
             .detach_many(unused.into_iter().map(|w| w.attached));
         self.run_duty_cycles(Instant::now(), Some(&raw));

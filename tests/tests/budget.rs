@@ -72,9 +72,15 @@ impl Drop for Hitbench {
     }
 }
 
-fn diagnose(pid: u32, budget: &str) -> Value {
+fn diagnose(pid: u32, budget: &str, duration: &str) -> Value {
     let out = Command::new(detector_bin())
-        .args(["diagnose", "--pid", &pid.to_string(), "--duration", "4s"])
+        .args([
+            "diagnose",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            duration,
+        ])
         .args(["--format", "json", "--overhead-budget", budget])
         .output()
         .expect("run detector");
@@ -95,10 +101,13 @@ fn caller_stats(json: &Value) -> &Value {
 }
 
 fn check(minor: u32) {
-    let mut hb = Hitbench::start(minor, 6);
+    // diagnose's default window: a hot probe goes live every few seconds, for as long
+    // as its detach tail at least (docs/overhead.md), so a shorter window may hold
+    // no live phase past the probation.
+    let mut hb = Hitbench::start(minor, 12);
     hb.go();
     std::thread::sleep(Duration::from_millis(300));
-    let json = diagnose(hb.child.id(), "1");
+    let json = diagnose(hb.child.id(), "1", "10s");
     let truth = hb.true_rate();
     let caller = caller_stats(&json);
     let sampled = caller["sampled"].as_f64().unwrap_or_else(|| {
@@ -154,7 +163,7 @@ fn without_a_budget_every_call_is_probed() {
     let mut hb = Hitbench::start(27, 6);
     hb.go();
     std::thread::sleep(Duration::from_millis(300));
-    let json = diagnose(hb.child.id(), "0");
+    let json = diagnose(hb.child.id(), "0", "4s");
     let truth = hb.true_rate();
     let caller = caller_stats(&json);
     assert!(caller["sampled"].is_null(), "cycled with the budget off");

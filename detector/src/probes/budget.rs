@@ -42,8 +42,10 @@ const MIN_ON: Duration = Duration::from_millis(3);
 const MIN_MEASURED: Duration = Duration::from_millis(10);
 
 /// The first look at the rates comes this soon after attaching, so that a hot probe
-/// costs the target its full rate for 25 ms, not for a whole period.
-const PROBATION: Duration = Duration::from_millis(25);
+/// costs the target its full rate for 50 ms, not for a whole period. A cycled probe's
+/// estimates rest on this sample until its first live phase, seconds later: 25 ms of
+/// a paced load on a busy machine were off by up to 15 %.
+const PROBATION: Duration = Duration::from_millis(50);
 
 /// Units made of more uprobes than this are never cycled: the kernel unregisters
 /// uprobes one at a time, about 0.1 s each (an RCU grace period under a global mutex),
@@ -406,9 +408,11 @@ fn water_fill(costs: &[(usize, f64)], budget: f64) -> Vec<(usize, f64)> {
 }
 
 /// Turns cumulative counts of probes that were live part of the time into estimates
-/// for the whole time: each interval's counts are scaled by interval ÷ live time; an
-/// interval with no live time repeats the last rate seen. Counts of always-live probes
-/// pass through unchanged.
+/// for the whole time: each interval of a cycled probe adds rate × interval, the rate
+/// being counts ÷ live time over its latest [`RATE_POOL`] of live time (a phase cut by
+/// a tick, or a short probation, is pooled with what follows rather than trusted on
+/// its own: a few milliseconds of a paced load say little). Counts of always-live
+/// probes pass through unchanged.
 #[derive(Default)]
 pub struct Extrapolator {
     raw_then: HashMap<CallKey, u64>,
@@ -416,11 +420,17 @@ pub struct Extrapolator {
     rate: HashMap<CallKey, f64>,
     on_then: HashMap<u32, f64>,
     at_then: Option<Instant>,
+    /// Live time and counts per probe since its rate was last set from a full pool.
+    pool_on: HashMap<u32, f64>,
+    pool: HashMap<CallKey, u64>,
 }
 
+/// Live time a rate is measured over, at least (once that much has been seen).
+const RATE_POOL: f64 = 0.05;
+
 impl Extrapolator {
-    /// `raw`: cumulative counts now; `on`: cumulative live seconds per call probe id
-    /// (ids missing are always live). Returns the estimated cumulative snapshot.
+    /// Estimates from `raw` (cumulative counts) and `on` (cumulative live seconds per
+    /// probe id), as of `now`.
     pub fn update(&mut self, raw: &Snapshot, on: &HashMap<u32, f64>, now: Instant) -> Snapshot {
         let interval = self
             .at_then
@@ -432,30 +442,71 @@ impl Extrapolator {
             if interval <= 0.0 || on_delta >= interval * 0.999 {
                 None
             } else {
-                Some(on_delta)
+                Some(on_delta.max(0.0))
             }
         };
         let scales: HashMap<u32, Option<f64>> =
             on.keys().map(|&probe| (probe, scale_of(probe))).collect();
+        let partly_live = |probe: u32| scales.get(&probe).copied().flatten();
+        // This interval's live time and counts join the pools.
+        for (&probe, scale) in &scales {
+            match scale {
+                Some(on) => *self.pool_on.entry(probe).or_default() += on,
+                None => {
+                    self.pool_on.remove(&probe);
+                }
+            }
+        }
+        let mut deltas: Vec<(CallKey, u64, u64)> = Vec::with_capacity(raw.calls.len());
+        for (k, &v) in &raw.calls {
+            let d = v.saturating_sub(*self.raw_then.get(k).unwrap_or(&0));
+            if partly_live(k.probe).is_some() {
+                *self.pool.entry(*k).or_default() += d;
+            }
+            deltas.push((*k, v, d));
+        }
+        // A full pool sets its probe's rates; a probe with no rate yet takes what
+        // there is.
+        let full: HashSet<u32> = self
+            .pool_on
+            .iter()
+            .filter(|(_, &on)| on >= RATE_POOL)
+            .map(|(&p, _)| p)
+            .collect();
+        for (k, _, _) in &deltas {
+            let Some(&pooled) = self.pool_on.get(&k.probe) else {
+                continue;
+            };
+            if full.contains(&k.probe) {
+                let n = self.pool.remove(k).unwrap_or(0);
+                self.rate.insert(*k, n as f64 / pooled);
+            } else if pooled >= 0.001 && !self.rate.contains_key(k) {
+                let n = self.pool.get(k).copied().unwrap_or(0);
+                self.rate.insert(*k, n as f64 / pooled);
+            }
+        }
+        for p in &full {
+            self.pool_on.insert(*p, 0.0);
+        }
         let mut out = Snapshot {
             calls: HashMap::with_capacity(raw.calls.len()),
             stw: raw.stw.clone(),
             errors: raw.errors,
         };
-        for (k, &v) in &raw.calls {
-            let d = v.saturating_sub(*self.raw_then.get(k).unwrap_or(&0)) as f64;
-            let add = match scales.get(&k.probe).copied().flatten() {
-                None => d,
-                Some(on) if on >= 0.001 => {
-                    self.rate.insert(*k, d / on);
-                    d * interval / on
+        for (k, v, d) in deltas {
+            let add = match partly_live(k.probe) {
+                None => {
+                    // Live all along: the rate to hold if the probe is cycled next.
+                    if interval > 0.0 {
+                        self.rate.insert(k, d as f64 / interval);
+                    }
+                    d as f64
                 }
-                // Not live at all this interval: the last rate seen holds.
-                Some(_) => self.rate.get(k).copied().unwrap_or(0.0) * interval,
+                Some(_) => self.rate.get(&k).copied().unwrap_or(0.0) * interval,
             };
-            *self.estimate.entry(*k).or_default() += add;
+            *self.estimate.entry(k).or_default() += add;
             out.calls
-                .insert(*k, self.estimate[k].round().max(v as f64) as u64);
+                .insert(k, self.estimate[&k].round().max(v as f64) as u64);
         }
         self.raw_then = raw.calls.clone();
         self.on_then = on.clone();
@@ -468,6 +519,7 @@ impl Extrapolator {
         self.raw_then.retain(|k, _| !gone.contains(&k.tgid));
         self.estimate.retain(|k, _| !gone.contains(&k.tgid));
         self.rate.retain(|k, _| !gone.contains(&k.tgid));
+        self.pool.retain(|k, _| !gone.contains(&k.tgid));
     }
 }
 
@@ -553,6 +605,33 @@ mod tests {
         // Live the whole next second: counts pass through.
         let t3 = t2 + Duration::from_secs(1);
         assert_eq!(x.update(&snap(1500), &on(1.1), t3).calls[&key(3)], 20_500);
+        // Off the next second: the rate of the last live second (500/s) holds.
+        let t4 = t3 + Duration::from_secs(1);
+        assert_eq!(x.update(&snap(1500), &on(1.1), t4).calls[&key(3)], 21_000);
+    }
+
+    #[test]
+    fn a_sliver_of_live_time_is_pooled_with_the_next() {
+        let t0 = Instant::now();
+        let mut x = Extrapolator::default();
+        let on = |s: f64| HashMap::from([(3u32, s)]);
+        let sec = |n: u64| t0 + Duration::from_secs(n);
+        x.update(&snap(0), &on(0.0), t0);
+        // 0.1 s live, 1000 counted: 10,000/s.
+        assert_eq!(
+            x.update(&snap(1000), &on(0.1), sec(1)).calls[&key(3)],
+            10_000
+        );
+        // 2 ms live at the end of a tick, 40 counted (a noisy 20,000/s): the rate holds.
+        assert_eq!(
+            x.update(&snap(1040), &on(0.102), sec(2)).calls[&key(3)],
+            20_000
+        );
+        // The rest of that phase, 98 ms and 980 counted: pooled, 1020 in 0.1 s.
+        assert_eq!(
+            x.update(&snap(2020), &on(0.2), sec(3)).calls[&key(3)],
+            30_200
+        );
     }
 
     #[test]

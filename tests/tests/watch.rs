@@ -360,6 +360,8 @@ fn watch_follows_replaced_binaries_and_other_mount_namespaces() {
     );
     assert!(scalar(&addr, "detector_binaries_attached") >= 2.0);
     assert_eq!(scalar(&addr, "detector_probe_guardian_up"), 1.0);
+    let tail = scalar(&addr, "detector_probe_detach_tail_seconds");
+    assert!(tail > 0.0 && tail < 10.0, "detach tail {tail} s");
     let (_, body) = get(&addr, "/metrics");
     assert!(pids_in(&parse(&body), "detector_process_info").contains(&old.0.id()));
 

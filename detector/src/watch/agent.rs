@@ -18,7 +18,7 @@ use crate::{
     collect::{self, Sample},
     gobin::GoBinary,
     probes::{
-        attach::{AttachedPlan, Probes, Snapshot},
+        attach::{self, AttachedPlan, Probes, Snapshot},
         budget::{Budget, DutyCycle, Extrapolator},
         plan::{self, Plan},
     },
@@ -70,6 +70,8 @@ pub struct SelfStats {
     pub probes_duty_cycled: u64,
     /// Whether the probe guardian runs (1) or not (0).
     pub probe_guardian_up: u64,
+    /// How long the kernel takes to remove a duty-cycled probe, smoothed (seconds).
+    pub probe_detach_tail_seconds: f64,
     pub attach_errors: u64,
     pub binaries_attached: u64,
     pub binaries_analysed: u64,
@@ -280,6 +282,7 @@ impl Agent {
             raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>();
         self.stats.kernel_errors = raw.errors.to_vec();
         self.stats.probe_guardian_up = self.probes.guardian_running() as u64;
+        self.stats.probe_detach_tail_seconds = attach::detach_tail().as_secs_f64();
         self.stats.probes_duty_cycled = self
             .binaries
             .values()

@@ -178,6 +178,13 @@ impl Collector for StateCollector {
         )?;
         single(
             &mut enc,
+            "detector_probe_detach_tail_seconds",
+            "How long the kernel takes to remove a duty-cycled probe, smoothed: the breakpoint stays in the target meanwhile, and the overhead budget pays for it (it grows when other uprobe users on the host keep the kernel busy)",
+            Gauge,
+            ConstGauge::new(s.probe_detach_tail_seconds),
+        )?;
+        single(
+            &mut enc,
             "detector_probe_guardian_up",
             "1 while the probe guardian runs (it creates and removes uprobes, so that a SIGKILL of detector cannot leave a breakpoint in a target); 0 if it could not start or died",
             Gauge,

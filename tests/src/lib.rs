@@ -80,6 +80,26 @@ pub fn detector_bin() -> PathBuf {
     bin
 }
 
+/// Runs `detector diagnose --pid PID --duration D --format json` with `extra`
+/// arguments, and returns its exit code and JSON report (panics without one).
+pub fn diagnose_json(pid: u32, duration: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let pid = pid.to_string();
+    let out = std::process::Command::new(detector_bin())
+        .args(["diagnose", "--pid", &pid, "--duration", duration])
+        .args(["--format", "json"])
+        .args(extra)
+        .output()
+        .expect("run detector");
+    let code = out.status.code().unwrap_or(-1);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "detector exited {code} without a JSON report ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, report)
+}
+
 /// Fails (never skips) when this process cannot load BPF programs and create uprobes.
 pub fn require_bpf_privileges() {
     if let Err(e) = detector::probes::attach::check_privileges() {

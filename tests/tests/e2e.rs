@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_tests::{detector_bin, require_bpf_privileges, version_dir, KINDS};
+use detector_tests::{diagnose_json, require_bpf_privileges, version_dir, KINDS};
 use serde_json::Value;
 
 /// A running fixture whose stdout (the self-reported call counts) is collected.
@@ -84,29 +84,6 @@ fn unix_ns() -> u128 {
         .as_nanos()
 }
 
-/// Runs `detector diagnose --format json` and returns (exit code, report).
-fn diagnose(pid: u32, duration: &str) -> (i32, Value) {
-    let out = Command::new(detector_bin())
-        .args([
-            "diagnose",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            duration,
-        ])
-        .args(["--format", "json"])
-        .output()
-        .expect("run detector");
-    let code = out.status.code().unwrap_or(-1);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "detector exited {code} without a JSON report ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, report)
-}
-
 fn calls_of<'a>(report: &'a Value, func: &str) -> &'a Value {
     report["collected"]["calls"]
         .as_array()
@@ -159,7 +136,7 @@ fn misuse_is_found(bin: &Path, what: &str) {
     std::thread::sleep(Duration::from_millis(700));
     let started = unix_ns();
     let t0 = Instant::now();
-    let (code, report) = diagnose(svc.pid(), "3s");
+    let (code, report) = diagnose_json(svc.pid(), "3s", &[]);
     let ended = unix_ns();
     assert!(t0.elapsed() >= Duration::from_secs(3));
     let truth = svc.rate_between(started, ended);
@@ -206,7 +183,7 @@ fn misuse_is_found(bin: &Path, what: &str) {
 fn healthy_is_quiet(bin: &Path, what: &str) {
     let svc = Service::start(bin, "none", 200);
     std::thread::sleep(Duration::from_millis(700));
-    let (code, report) = diagnose(svc.pid(), "2s");
+    let (code, report) = diagnose_json(svc.pid(), "2s", &[]);
     assert_eq!(code, 0, "{what}: expected no findings: {report:#}");
     assert!(report["findings"].as_array().unwrap().is_empty());
     assert_eq!(calls_of(&report, "readmemstats")["calls"], 0, "{what}");

@@ -77,6 +77,10 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         Err(_) if !target.alive() => return Err(exited(o.pid, Duration::ZERO)),
         Err(e) => return Err(e.into()),
     };
+    // Gone while the probes went in: said at once, not at the first look in the loop.
+    if !target.alive() {
+        return Err(exited(o.pid, Duration::ZERO));
+    }
     install_signal_handlers();
     // The window starts once every probe is in: counting from a baseline taken now
     // keeps calls and pauses from half-attached moments out of the numbers.

@@ -428,6 +428,10 @@ pub struct Extrapolator {
 /// Live time a rate is measured over, at least (once that much has been seen).
 const RATE_POOL: f64 = 0.05;
 
+/// Calls of a key a sample must hold for its rate to be scaled up to the whole time
+/// (Poisson noise: below this, ±45 % or worse).
+const MIN_SCALED_CALLS: u64 = 5;
+
 impl Extrapolator {
     /// Estimates from `raw` (cumulative counts) and `on` (cumulative live seconds per
     /// probe id), as of `now`.
@@ -477,12 +481,19 @@ impl Extrapolator {
             let Some(&pooled) = self.pool_on.get(&k.probe) else {
                 continue;
             };
-            if full.contains(&k.probe) {
-                let n = self.pool.remove(k).unwrap_or(0);
-                self.rate.insert(*k, n as f64 / pooled);
+            let n = if full.contains(&k.probe) {
+                self.pool.remove(k).unwrap_or(0)
             } else if pooled >= 0.001 && !self.rate.contains_key(k) {
-                let n = self.pool.get(k).copied().unwrap_or(0);
+                self.pool.get(k).copied().unwrap_or(0)
+            } else {
+                continue;
+            };
+            // A key seen a few times only is counted, not scaled: one call in a 50 ms
+            // sample would read as 20/s, enough to make a finding of a stray call.
+            if n >= MIN_SCALED_CALLS {
                 self.rate.insert(*k, n as f64 / pooled);
+            } else {
+                self.rate.remove(k);
             }
         }
         for p in &full {
@@ -502,7 +513,11 @@ impl Extrapolator {
                     }
                     d as f64
                 }
-                Some(_) => self.rate.get(&k).copied().unwrap_or(0.0) * interval,
+                Some(_) => match self.rate.get(&k) {
+                    Some(r) => r * interval,
+                    // Too few calls seen to scale: what was counted.
+                    None => d as f64,
+                },
             };
             *self.estimate.entry(k).or_default() += add;
             out.calls
@@ -632,6 +647,19 @@ mod tests {
             x.update(&snap(2020), &on(0.2), sec(3)).calls[&key(3)],
             30_200
         );
+    }
+
+    #[test]
+    fn a_key_seen_a_few_times_is_counted_not_scaled() {
+        let t0 = Instant::now();
+        let mut x = Extrapolator::default();
+        let on = |s: f64| HashMap::from([(3u32, s)]);
+        x.update(&snap(0), &on(0.0), t0);
+        // One call in 50 ms of live time: 1, not 20/s.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(x.update(&snap(1), &on(0.05), t1).calls[&key(3)], 1);
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(x.update(&snap(1), &on(0.05), t2).calls[&key(3)], 1);
     }
 
     #[test]

@@ -240,14 +240,16 @@ impl DutyCycle {
         for u in &mut self.units {
             if u.off_at.is_some_and(|t| t <= now) {
                 u.off_at = None;
+                // A unit staying off for a period is paused and detached already.
+                let Some(since) = u.live_since.take() else {
+                    continue;
+                };
                 // Counting stops here, at a known moment; the detach that follows
                 // takes the kernel a while, and the probe must not count meanwhile.
                 probes.set_counting(u.call_id, false);
-                if let Some(since) = u.live_since.take() {
-                    let live = Instant::now().saturating_duration_since(since);
-                    log::debug!("unit {} off after {live:?} live", u.call_id);
-                    u.on_closed += live.as_secs_f64();
-                }
+                let live = Instant::now().saturating_duration_since(since);
+                log::debug!("unit {} off after {live:?} live", u.call_id);
+                u.on_closed += live.as_secs_f64();
                 for &i in &u.probes {
                     probes.detach_later(attached, i);
                 }

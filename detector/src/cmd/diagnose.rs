@@ -1,7 +1,7 @@
 //! `detector diagnose --pid N`: attach, watch for a window, detach, judge, report.
 use std::{
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::Format;
@@ -86,6 +86,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     // keeps calls and pauses from half-attached moments out of the numbers.
     let baseline = attached.snapshot();
     let start = Instant::now();
+    let started = SystemTime::now();
     let cpu_start = target::cpu_seconds(o.pid);
     let mut duty = DutyCycle::new(&plan, attached.parts().1, 0, o.budget, TICK, start);
     let mut extrapolate = Extrapolator::default();
@@ -145,7 +146,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     // The report comes first: unregistering uprobes waits on the kernel (about 0.1 s
     // per probe under load), so the probes are detached after it is printed.
 
-    let collected = collect::summarize(&target, &plan, &samples);
+    let collected = collect::summarize(&target, &plan, &samples, started);
     let findings = rules::judge(&collected, &o.thresholds);
     let code = if findings.is_empty() {
         exit::NO_FINDINGS

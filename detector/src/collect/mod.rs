@@ -3,7 +3,10 @@
 //! the share of wall time the process was stopped.
 pub mod stw;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use detector_common::{StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG};
 use serde::Serialize;
@@ -99,6 +102,9 @@ pub struct PauseStats {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Collected {
+    /// The window's bounds in Unix time (ms), to line the numbers up with other sources.
+    pub window_start_unix_ms: u64,
+    pub window_end_unix_ms: u64,
     pub duration_s: f64,
     pub calls: Vec<CallStats>,
     pub pauses: Vec<PauseStats>,
@@ -194,7 +200,7 @@ fn ticks_per_second() -> Option<f64> {
 fn measure_ticks_per_second() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::time::{Duration, Instant};
+        use std::time::Instant;
         // SAFETY: RDTSC has no preconditions on x86_64.
         let (t0, c0) = (Instant::now(), unsafe { core::arch::x86_64::_rdtsc() });
         std::thread::sleep(Duration::from_millis(20));
@@ -243,10 +249,19 @@ pub fn reason_of(target: &Target, raw: u64) -> Reason {
 }
 
 /// Turns the window's samples into facts about `target`. `samples` are cumulative
-/// snapshots in time order; the last one is the window's total.
-pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected {
+/// snapshots in time order, taken since `started`; the last one is the window's total.
+pub fn summarize(
+    target: &Target,
+    plan: &Plan,
+    samples: &[Sample],
+    started: SystemTime,
+) -> Collected {
     let pid = target.pid;
     let duration_s = samples.last().map(|s| s.at_s).unwrap_or(0.0).max(1e-9);
+    let unix_ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
     let empty = Snapshot::default();
     let last = samples.last().map(|s| &s.snap).unwrap_or(&empty);
 
@@ -406,6 +421,8 @@ pub fn summarize(target: &Target, plan: &Plan, samples: &[Sample]) -> Collected 
     pauses.sort_by_key(|p| std::cmp::Reverse(p.total_ns));
 
     Collected {
+        window_start_unix_ms: unix_ms(started),
+        window_end_unix_ms: unix_ms(started + Duration::from_secs_f64(duration_s)),
         duration_s,
         calls,
         pauses,

@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use detector_common::StwStats;
@@ -499,7 +499,9 @@ fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds, budget_share: f64) -> J
                 .collect(),
         })
         .collect();
-    let collected = collect::summarize(&w.target, &b.plan, &samples);
+    // The wall time of the window's first sample, from how long ago it was taken.
+    let started = SystemTime::now() - Instant::now().saturating_duration_since(first.at);
+    let collected = collect::summarize(&w.target, &b.plan, &samples, started);
     let findings = if samples.is_empty() {
         vec![]
     } else {

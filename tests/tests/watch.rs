@@ -221,6 +221,19 @@ fn watch_exports_processes_findings_and_detaches_on_sigterm() {
     assert_eq!(mine["findings"][0]["rule"], "readmemstats-hot-path");
     assert_eq!(get(&addr, "/healthz").0, 200);
 
+    // The agent's own CPU between ticks, from its self-metric. The bench measures the
+    // cost (< 1 % of a core); this bound, far above it, catches a loop that spins
+    // between ticks instead of sleeping (a busy agent shows ~100 %).
+    let (cpu0, at0) = (scalar(&addr, "detector_cpu_seconds_total"), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = (scalar(&addr, "detector_cpu_seconds_total") - cpu0) / at0.elapsed().as_secs_f64();
+    println!("agent CPU: {:.2} % of a core, 3 processes", cpu * 100.0);
+    assert!(
+        cpu < 0.25,
+        "watch used {:.0} % of a core watching 3 processes",
+        cpu * 100.0
+    );
+
     // A process that exits: its series go at the next tick.
     let gone = misuse.0.id();
     drop(misuse);

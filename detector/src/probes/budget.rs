@@ -197,16 +197,25 @@ impl DutyCycle {
         self.evals == 0 && self.due(now)
     }
 
-    /// The next moment something must happen (an evaluation or a detach).
+    /// The next moment something must happen (an evaluation or a detach), for a
+    /// caller that runs every evaluation when it is due (diagnose).
     pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_deadline_for(true)
+    }
+
+    /// The same for a caller that runs evaluations on its own ticks, except the
+    /// probation's (watch): an evaluation waiting for the tick is no deadline, or the
+    /// caller would wake at once, again and again, until the tick.
+    pub fn next_deadline_between_ticks(&self) -> Option<Instant> {
+        self.next_deadline_for(false)
+    }
+
+    fn next_deadline_for(&self, every_evaluation: bool) -> Option<Instant> {
         if !self.budget.enabled() {
             return None;
         }
-        self.units
-            .iter()
-            .filter_map(|u| u.off_at)
-            .chain(std::iter::once(self.next_eval))
-            .min()
+        let eval = (every_evaluation || self.evals == 0).then_some(self.next_eval);
+        self.units.iter().filter_map(|u| u.off_at).chain(eval).min()
     }
 
     /// Seconds each call probe id has been live since the cycle started.
@@ -583,6 +592,26 @@ mod tests {
         assert_eq!(live_phase(0.05, 0.1, 1.0), None);
         assert_eq!(live_phase(0.15, 0.1, 1.0), None);
         assert_eq!(live_phase(0.004, 0.0, 1.0), Some(0.004));
+    }
+
+    #[test]
+    fn between_ticks_only_the_probation_and_phase_ends_are_deadlines() {
+        let start = Instant::now();
+        let mut d = DutyCycle {
+            budget: Budget {
+                share_of_core: 0.01,
+            },
+            period: Duration::from_secs(1),
+            units: Vec::new(),
+            next_eval: start + PROBATION,
+            start,
+            evals: 0,
+        };
+        assert_eq!(d.next_deadline_between_ticks(), Some(start + PROBATION));
+        // After the probation, an evaluation that is due waits for the caller's tick.
+        d.evals = 1;
+        assert_eq!(d.next_deadline_between_ticks(), None);
+        assert_eq!(d.next_deadline(), Some(start + PROBATION));
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Agent {
         self.binaries
             .values()
             .filter_map(|b| match b {
-                Binary::Watched(w) => w.duty.next_deadline(),
+                Binary::Watched(w) => w.duty.next_deadline_between_ticks(),
                 Binary::Ignored => None,
             })
             .min()

@@ -18,6 +18,10 @@ pub const MAX_OPEN_PAUSES: u32 = 8_192;
 /// Call probe ids whose counting is paused at once (the overhead budget's duty cycle
 /// pauses a unit before its detach; see `detector::probes::budget`).
 pub const MAX_PAUSED_PROBES: u32 = 4_096;
+/// Hits per call probe id, in slot `id % HIT_SLOTS`: one counter the duty cycle can
+/// read between evaluations to see a probe turn hot (two ids sharing a slot only
+/// make it look sooner).
+pub const HIT_SLOTS: u32 = 4_096;
 
 /// The attach cookie is `probe id | (argument mode << 32)`.
 ///

@@ -28,10 +28,10 @@ use aya_ebpf::{
 };
 use detector_common::{
     errors, log2_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
-    COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_PAUSED_PROBES,
-    MAX_STW_KEYS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
-    STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
-    STW_REASON_STRING_FLAG,
+    COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES,
+    MAX_PAUSED_PROBES, MAX_STW_KEYS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT,
+    STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM,
+    STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG,
 };
 
 #[map]
@@ -62,6 +62,9 @@ static FORCED_GC: HashMap<u32, u64> = HashMap::with_max_entries(MAX_OPEN_PAUSES,
 /// kernel tens of milliseconds during which the probe still fires.
 #[map]
 static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PAUSED_PROBES, 0);
+/// Hits per call probe id (slot `id % HIT_SLOTS`), for the duty cycle's quick look.
+#[map]
+static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIT_SLOTS, 0);
 #[map]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
 
@@ -83,6 +86,9 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     if unsafe { PAUSED.get(&(cookie as u32)) }.is_some() {
         return 0;
+    }
+    if let Some(n) = HITS.get_ptr_mut(cookie as u32 % HIT_SLOTS) {
+        unsafe { *n += 1 };
     }
     let regs = unsafe { &*ctx.regs };
     let arg = match ArgMode::from_u8((cookie >> COOKIE_ARG_SHIFT) as u8) {

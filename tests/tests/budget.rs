@@ -3,12 +3,13 @@
 //! several % of a core if every call were probed, is diagnosed with the default
 //! budget (1 %). The probe must be duty-cycled, the extrapolated rate must match the
 //! rate the target reports itself, and the finding must say its counts are estimates.
-//! With `--overhead-budget 0` nothing is cycled. (The cost itself is measured by
-//! `cargo xtask bench`, not asserted here.)
+//! With `--overhead-budget 0` nothing is cycled. A load that starts after the probes
+//! are in (a surge) is cut between evaluations and still estimated right. (The cost
+//! itself is measured by `cargo xtask bench`, not asserted here.)
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use detector_tests::{diagnose_json, require_bpf_privileges, version_dir};
@@ -159,5 +160,48 @@ fn without_a_budget_every_call_is_probed() {
     assert!(
         (estimate - truth).abs() / truth < 0.05,
         "counted {estimate:.0}/s, true {truth:.0}/s"
+    );
+}
+
+#[test]
+fn a_load_that_starts_after_attach_is_cut_and_estimated() {
+    require_bpf_privileges();
+    let minor = *detector_tests::MINORS.last().expect("versions");
+    let mut hb = Hitbench::start(minor, 12);
+    let pid = hb.child.id();
+    let diagnose = std::thread::spawn(move || diagnose(pid, "1", "6s"));
+    // The probes are in and past their probation, all quiet: live in full.
+    std::thread::sleep(Duration::from_millis(1500));
+    let go_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as f64;
+    hb.go();
+    let json = diagnose.join().expect("diagnose thread");
+    let rate = hb.true_rate();
+    let ms = |k: &str| json["collected"][k].as_f64().expect(k);
+    let (from, to) = (ms("window_start_unix_ms"), ms("window_end_unix_ms"));
+    assert!(
+        go_ms > from && go_ms < to,
+        "the load started outside the window"
+    );
+    // The paced part outlasts the window: calls from `go` to the window's end.
+    let truth = rate * (to - go_ms) / (to - from);
+    let caller = caller_stats(&json);
+    assert!(
+        caller["sampled"].as_f64().is_some(),
+        "go1.{minor}: runtime.Caller was not duty-cycled after its load began: {caller}"
+    );
+    let estimate = caller["per_second"].as_f64().expect("per_second");
+    let error = (estimate - truth).abs() / truth;
+    println!(
+        "go1.{minor}: load from {:.2} s into the window; true {truth:.0}/s over the window, estimated {estimate:.0}/s ({:+.1}%)",
+        (go_ms - from) / 1e3,
+        (estimate - truth) / truth * 100.0
+    );
+    assert!(
+        error < 0.15,
+        "go1.{minor}: estimated {estimate:.0}/s, true {truth:.0}/s over the window ({:.1}% off)",
+        error * 100.0
     );
 }

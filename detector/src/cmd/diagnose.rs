@@ -104,6 +104,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         }
         {
             let (probes, live) = attached.parts();
+            duty.cut_surges(now, probes, live);
             duty.poll(now, probes, live);
         }
         let done = now - start >= o.duration || INTERRUPTED.load(Ordering::SeqCst);
@@ -117,7 +118,12 @@ pub fn run(o: Options) -> Result<u8, Failure> {
             let on = duty.on_seconds(now);
             samples.push(Sample {
                 at_s: (now - start).as_secs_f64(),
-                snap: extrapolate.update(&raw.since(&baseline), &on, now),
+                snap: {
+                    for (probe, rate) in duty.take_surges() {
+                        extrapolate.surged(probe, rate);
+                    }
+                    extrapolate.update(&raw.since(&baseline), &on, now)
+                },
                 cpu_s: cpu_start
                     .zip(target::cpu_seconds(o.pid))
                     .map(|(a, b)| (b - a).max(0.0)),

@@ -19,7 +19,7 @@ use aya::{
     programs::UProbe,
     Ebpf,
 };
-use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats};
+use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats, HIT_SLOTS};
 
 use super::{
     guardian::Guardian,
@@ -390,6 +390,15 @@ impl Probes {
             );
         }
         done
+    }
+
+    /// Hits of call probe `call_id` (the id base included) so far, from its slot in the
+    /// kernel's `HITS` counters: one lookup, cheap enough to make at every wake.
+    pub fn hits_of(&self, call_id: u32) -> Option<u64> {
+        let m = self.ebpf.map("HITS")?;
+        let hits = PerCpuArray::<&MapData, u64>::try_from(m).ok()?;
+        let v = hits.get(&(call_id % HIT_SLOTS), 0).ok()?;
+        Some(v.iter().sum())
     }
 
     /// Whether the probe guardian runs (see `guardian`): without it, a SIGKILL of

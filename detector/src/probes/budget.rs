@@ -72,6 +72,12 @@ const STOPS_THE_WORLD: &[&str] = &[
 /// A unit that may be live this share of the time or more stays live.
 const ALMOST_ALWAYS: f64 = 0.9;
 
+/// An always-live unit seen costing, on its own, this many times the whole budget
+/// between evaluations is cut at once (see [`DutyCycle::cut_surges`]).
+const SURGE: f64 = 2.0;
+/// Shortest interval a quick look measures a rate over.
+const SURGE_LOOK: Duration = Duration::from_millis(20);
+
 /// Per-process budget on the target's CPU spent in probe hits.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Budget {
@@ -113,6 +119,13 @@ struct Unit {
     /// Counts at the last evaluation, per process.
     hits_then: HashMap<u32, u64>,
     on_then: f64,
+    /// The last quick look at its hit counter (see [`DutyCycle::cut_surges`]).
+    look: Option<(Instant, u64)>,
+    /// The last quick look saw it over the surge threshold (a rate then may include
+    /// time before the surge began: the next look measures it).
+    surging: bool,
+    /// Cut by a quick look: the next evaluation starts its measurement afresh.
+    rebase: bool,
 }
 
 impl Unit {
@@ -133,6 +146,8 @@ pub struct DutyCycle {
     next_eval: Instant,
     start: Instant,
     evals: u64,
+    /// Units cut by a quick look since [`DutyCycle::take_surges`]: (call id, hits/s).
+    surges: Vec<(u32, f64)>,
 }
 
 impl DutyCycle {
@@ -173,6 +188,9 @@ impl DutyCycle {
                 fraction: 1.0,
                 hits_then: HashMap::new(),
                 on_then: 0.0,
+                look: None,
+                surging: false,
+                rebase: false,
             })
             .collect();
         units.sort_by_key(|u| u.call_id);
@@ -183,6 +201,7 @@ impl DutyCycle {
             next_eval: now + PROBATION,
             start: now,
             evals: 0,
+            surges: Vec::new(),
         }
     }
 
@@ -266,6 +285,75 @@ impl DutyCycle {
         }
     }
 
+    /// A quick look between evaluations, for callers to make at every wake. An
+    /// always-live unit that turns hot after an evaluation (a load that starts after
+    /// attach, a burst) would cost the target its full rate until the next one, up to
+    /// a whole period: about 1 % of a core over a 15 s window at 100k calls/s. Each
+    /// such unit's hit counter is read (one lookup); one costing over [`SURGE`] × the
+    /// budget per process in two looks running is ended now and cycled at a
+    /// provisional share (from the second look, all of it after the surge began), and
+    /// the next evaluation measures it afresh.
+    pub fn cut_surges(&mut self, now: Instant, probes: &mut Probes, attached: &mut AttachedPlan) {
+        if !self.budget.enabled() || self.evals == 0 {
+            return;
+        }
+        let budget = self.budget.share_of_core;
+        let mut cut = false;
+        for u in &mut self.units {
+            if u.fraction < 1.0 || u.live_since.is_none() {
+                u.look = None;
+                u.surging = false;
+                continue;
+            }
+            let Some(hits) = probes.hits_of(u.call_id) else {
+                continue;
+            };
+            let Some((at, then)) = u.look else {
+                u.look = Some((now, hits));
+                continue;
+            };
+            let dt = now.saturating_duration_since(at);
+            if dt < SURGE_LOOK {
+                continue;
+            }
+            u.look = Some((now, hits));
+            // The counter sums every process of the plan; the mean per process.
+            let procs = u.hits_then.len().max(1) as f64;
+            let rate = hits.saturating_sub(then) as f64 / dt.as_secs_f64();
+            let cost = rate * u.hit_cost_s / procs;
+            let over = cost > SURGE * budget;
+            if over && !std::mem::replace(&mut u.surging, true) {
+                continue;
+            }
+            u.surging = over;
+            if over {
+                log::debug!(
+                    "unit {} surged to {:.1} % of a core: cut",
+                    u.call_id,
+                    cost * 100.0
+                );
+                // Half of what it may cost alone: it likely shares the budget.
+                u.fraction = (0.5 * budget / cost).min(1.0);
+                u.rebase = true;
+                u.off_at = Some(now);
+                u.credit_s = 0.0;
+                u.look = None;
+                u.surging = false;
+                self.surges.push((u.call_id, rate));
+                cut = true;
+            }
+        }
+        if cut {
+            self.poll(now, probes, attached);
+        }
+    }
+
+    /// The units cut by quick looks since the last call, with the rate (hits per second,
+    /// all processes) that made them cut: for [`Extrapolator::surged`].
+    pub fn take_surges(&mut self) -> Vec<(u32, f64)> {
+        std::mem::take(&mut self.surges)
+    }
+
     /// Measures each unit's hit rate per process from `raw` (cumulative kernel counts),
     /// shares the budget out, and starts this period's live phases.
     pub fn evaluate(
@@ -296,6 +384,13 @@ impl DutyCycle {
             let on = u.on_seconds(now);
             let on_delta = on - u.on_then;
             let now_hits = hits.remove(&u.call_id).unwrap_or_default();
+            if std::mem::take(&mut u.rebase) {
+                // Its live time since the last evaluation was mostly before the surge:
+                // a rate over it would be far too low. It keeps its provisional share.
+                u.hits_then = now_hits;
+                u.on_then = on;
+                continue;
+            }
             // Shorter live time is left to add up: the counts were read a little
             // before `now`, a skew that would swamp the rate of a sliver.
             if on_delta >= MIN_MEASURED.as_secs_f64() {
@@ -303,6 +398,11 @@ impl DutyCycle {
                 for (pid, n) in &now_hits {
                     let d = n.saturating_sub(*u.hits_then.get(pid).unwrap_or(&0));
                     let rate = d as f64 / on_delta;
+                    log::trace!(
+                        "unit {} pid {pid}: {d} hits in {:.1} ms live: {rate:.0}/s",
+                        u.call_id,
+                        on_delta * 1e3
+                    );
                     costs
                         .entry(*pid)
                         .or_default()
@@ -358,6 +458,14 @@ impl DutyCycle {
                 }
             }
             go_live[ui] = u.live_since.is_none() && !stay_off;
+            if cycled {
+                log::trace!(
+                    "unit {}: live {:.2} % of the time, credit {:.1} ms",
+                    u.call_id,
+                    u.fraction * 100.0,
+                    u.credit_s * 1e3
+                );
+            }
         }
         // Units whose time is up stop counting before any re-attach (each can wait
         // behind other uprobe users), so they count nothing past `now`.
@@ -434,6 +542,8 @@ pub struct Extrapolator {
     /// Live time and counts per probe since its rate was last set from a full pool.
     pool_on: HashMap<u32, f64>,
     pool: HashMap<CallKey, u64>,
+    /// Probes cut in a surge, with the rate the cut saw (all keys): see `surged`.
+    surged: HashMap<u32, f64>,
 }
 
 /// Live time a rate is measured over, at least (once that much has been seen).
@@ -444,6 +554,15 @@ const RATE_POOL: f64 = 0.05;
 const MIN_SCALED_CALLS: u64 = 5;
 
 impl Extrapolator {
+    /// Probe `probe` was cut in a surge ([`DutyCycle::cut_surges`]) at `rate` hits/s.
+    /// Its live time before the cut was mostly before the surge, so a rate measured
+    /// over it would be far too low (−60 % held for 9 s in one run): at the next update
+    /// its keys take `rate`, shared as their counts in that interval are, and its pool
+    /// starts afresh.
+    pub fn surged(&mut self, probe: u32, rate: f64) {
+        self.surged.insert(probe, rate);
+    }
+
     /// Estimates from `raw` (cumulative counts) and `on` (cumulative live seconds per
     /// probe id), as of `now`.
     pub fn update(&mut self, raw: &Snapshot, on: &HashMap<u32, f64>, now: Instant) -> Snapshot {
@@ -510,6 +629,19 @@ impl Extrapolator {
         for p in &full {
             self.pool_on.insert(*p, 0.0);
         }
+        for (probe, rate) in std::mem::take(&mut self.surged) {
+            let of_probe = || deltas.iter().filter(move |(k, _, _)| k.probe == probe);
+            let total: u64 = of_probe().map(|(_, _, d)| d).sum();
+            for (k, _, d) in of_probe() {
+                self.pool.remove(k);
+                if total > 0 && *d >= MIN_SCALED_CALLS {
+                    self.rate.insert(*k, rate * *d as f64 / total as f64);
+                } else {
+                    self.rate.remove(k);
+                }
+            }
+            self.pool_on.insert(probe, 0.0);
+        }
         let mut out = Snapshot {
             calls: HashMap::with_capacity(raw.calls.len()),
             stw: raw.stw.clone(),
@@ -524,8 +656,9 @@ impl Extrapolator {
                     }
                     d as f64
                 }
-                Some(_) => match self.rate.get(&k) {
-                    Some(r) => r * interval,
+                // What was counted while live, and the rate for the time off.
+                Some(on) => match self.rate.get(&k) {
+                    Some(r) => d as f64 + r * (interval - on).max(0.0),
                     // Too few calls seen to scale: what was counted.
                     None => d as f64,
                 },
@@ -606,6 +739,7 @@ mod tests {
             next_eval: start + PROBATION,
             start,
             evals: 0,
+            surges: Vec::new(),
         };
         assert_eq!(d.next_deadline_between_ticks(), Some(start + PROBATION));
         // After the probation, an evaluation that is due waits for the caller's tick.
@@ -668,15 +802,40 @@ mod tests {
             x.update(&snap(1000), &on(0.1), sec(1)).calls[&key(3)],
             10_000
         );
-        // 2 ms live at the end of a tick, 40 counted (a noisy 20,000/s): the rate holds.
+        // 2 ms live at the end of a tick, 40 counted (a noisy 20,000/s): the rate holds
+        // for the 998 ms off, the 40 counted are added as they are.
         assert_eq!(
             x.update(&snap(1040), &on(0.102), sec(2)).calls[&key(3)],
-            20_000
+            20_020
         );
-        // The rest of that phase, 98 ms and 980 counted: pooled, 1020 in 0.1 s.
+        // The rest of that phase, 98 ms and 980 counted: pooled, 1020 in 0.1 s, for
+        // the 902 ms off.
         assert_eq!(
             x.update(&snap(2020), &on(0.2), sec(3)).calls[&key(3)],
             30_200
+        );
+    }
+
+    #[test]
+    fn a_surge_sets_the_rate_held_afterwards() {
+        let t0 = Instant::now();
+        let mut x = Extrapolator::default();
+        let on = |s: f64| HashMap::from([(3u32, s)]);
+        let sec = |n: u64| t0 + Duration::from_secs(n);
+        x.update(&snap(0), &on(0.0), t0);
+        // Live all of the first second, quiet: 100 calls.
+        assert_eq!(x.update(&snap(100), &on(1.0), sec(1)).calls[&key(3)], 100);
+        // A surge to 100,000/s, cut 0.6 s into the next second after 5,000 calls:
+        // the 0.4 s off take the surge's rate, not the 8,300/s of the live 0.6 s.
+        x.surged(3, 100_000.0);
+        assert_eq!(
+            x.update(&snap(5_100), &on(1.6), sec(2)).calls[&key(3)],
+            45_100
+        );
+        // Off the next second: the surge's rate holds.
+        assert_eq!(
+            x.update(&snap(5_100), &on(1.6), sec(3)).calls[&key(3)],
+            145_100
         );
     }
 

@@ -214,6 +214,7 @@ impl Agent {
         for b in self.binaries.values_mut() {
             let Binary::Watched(w) = b else { continue };
             let w = &mut **w;
+            w.duty.cut_surges(now, &mut self.probes, &mut w.attached);
             w.duty.poll(now, &mut self.probes, &mut w.attached);
             let due = if ticked {
                 w.duty.due(now)
@@ -235,9 +236,12 @@ impl Agent {
         let now = Instant::now();
         // Live seconds of every call probe id (global ids), for the estimates.
         let mut on: HashMap<u32, f64> = HashMap::new();
-        for b in self.binaries.values() {
+        for b in self.binaries.values_mut() {
             if let Binary::Watched(w) = b {
                 on.extend(w.duty.on_seconds(now));
+                for (probe, rate) in w.duty.take_surges() {
+                    self.extrapolate.surged(probe, rate);
+                }
             }
         }
         let snap = self.extrapolate.update(&raw, &on, now);

@@ -116,14 +116,12 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         let raw = attached.snapshot();
         if tick {
             let on = duty.on_seconds(now);
+            for (probe, rate) in duty.take_surges() {
+                extrapolate.surged(probe, rate);
+            }
             samples.push(Sample {
                 at_s: (now - start).as_secs_f64(),
-                snap: {
-                    for (probe, rate) in duty.take_surges() {
-                        extrapolate.surged(probe, rate);
-                    }
-                    extrapolate.update(&raw.since(&baseline), &on, now)
-                },
+                snap: extrapolate.update(&raw.since(&baseline), &on, now),
                 cpu_s: cpu_start
                     .zip(target::cpu_seconds(o.pid))
                     .map(|(a, b)| (b - a).max(0.0)),

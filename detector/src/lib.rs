@@ -5,6 +5,7 @@
 //! them) → `collect` (kernel maps into facts) → `rules` (facts into findings) →
 //! `report` (text and JSON). `cmd` wires them into the subcommands; `watch` runs
 //! the same pipeline host-wide as a daemon with a Prometheus endpoint.
+pub mod apis;
 pub mod cmd;
 pub mod collect;
 pub mod exit;

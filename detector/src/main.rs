@@ -137,7 +137,8 @@ fn main() -> ExitCode {
             readmemstats_min_rate,
         } => cmd::thresholds(rules.config.as_deref(), &rules.sets).and_then(|mut t| {
             if let Some(r) = readmemstats_min_rate {
-                t.readmemstats_per_second = r;
+                t.set(&format!("readmemstats_per_second={r}"))
+                    .map_err(|e| detector::exit::Failure::new(detector::exit::USAGE, e))?;
             }
             cmd::diagnose::run(cmd::diagnose::Options {
                 pid,

@@ -17,25 +17,15 @@ use std::{
 
 use serde_json::Value;
 
-/// `-case` value of the fixture → the rule its misuse variant must raise.
-pub const CASES: &[(&str, Option<&str>)] = &[
-    ("readmemstats", Some("readmemstats-hot-path")),
-    ("gc", Some("gc-forced-periodic")),
-    ("finalizer-cleanup", Some("finalizer-cleanup")),
-    ("cpuprofile-rate", Some("cpu-profile-rate-high")),
-    ("blockprofile", Some("block-profile-every-event")),
-    ("mutexprofile", Some("mutex-profile-every-event")),
-    ("stack-all", Some("stack-all-polling")),
-    ("numgoroutine", Some("numgoroutine-hot-loop")),
-    ("gomaxprocs", Some("gomaxprocs-per-request")),
-    ("lockosthread", Some("lockosthread-worker")),
-    ("trace", Some("trace-always-on")),
-    ("caller", Some("caller-hot-path")),
-    ("finalizer-leak", Some("finalizer-leak-counter")),
-    ("cpuprofile-unbounded", Some("cpu-profile-unbounded")),
-    ("freeosmemory", Some("freeosmemory-periodic")),
-    ("healthy", None),
-];
+/// `-case` value of the fixture → the rule its misuse variant must raise: every rule
+/// of detector's rule book names its case, and the healthy service raises nothing.
+pub fn cases() -> Vec<(&'static str, Option<&'static str>)> {
+    detector::rules::RULES
+        .iter()
+        .map(|r| (r.fixture_case, Some(r.id)))
+        .chain([("healthy", None)])
+        .collect()
+}
 
 /// Build kinds the matrix covers (cgo builds are covered by the e2e suite).
 pub const ACCURACY_KINDS: [&str; 3] = ["default", "stripped", "pie"];
@@ -67,7 +57,10 @@ impl Cell {
         if !self.misuse {
             return None;
         }
-        CASES.iter().find(|c| c.0 == self.case).and_then(|c| c.1)
+        cases()
+            .into_iter()
+            .find(|c| c.0 == self.case)
+            .and_then(|c| c.1)
     }
 
     pub fn name(&self) -> String {
@@ -98,13 +91,13 @@ impl Outcome {
 
 /// Every (case, variant) pair: misuse and fixed of each case, healthy once.
 fn variants() -> Vec<(&'static str, bool)> {
-    CASES
-        .iter()
+    cases()
+        .into_iter()
         .flat_map(|(case, rule)| {
             if rule.is_some() {
-                vec![(*case, true), (*case, false)]
+                vec![(case, true), (case, false)]
             } else {
-                vec![(*case, false)]
+                vec![(case, false)]
             }
         })
         .collect()
@@ -316,7 +309,7 @@ impl Confusion {
 
 /// Every rule the matrix knows.
 fn rule_ids() -> Vec<&'static str> {
-    CASES.iter().filter_map(|c| c.1).collect()
+    cases().into_iter().filter_map(|c| c.1).collect()
 }
 
 pub fn confusion(outcomes: &[Outcome]) -> (Confusion, BTreeMap<&'static str, Confusion>) {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use detector::apis::Api;
 use detector::gobin::{AnalysisError, GoBinary, GoVersion, ProbePoint};
 use detector_tests::{KINDS, MISSING};
 
@@ -49,62 +50,13 @@ fn nm_data_symbol(path: &Path, name: &str) -> Option<u64> {
     })
 }
 
-/// The `Presence::Symbol` rows of `detector::probes::catalog::runtime_functions` for
-/// `v` (copied until the catalog is public), plus the stop-the-world functions.
-/// The bool is the catalog's `nosplit` flag.
+/// Every function symbol of the API table (`detector::apis`) for Go `v`, with the
+/// table's `nosplit` flag: each must be in every fixture, where `go tool nm` puts it.
 fn catalog_symbols(v: GoVersion) -> Vec<(&'static str, bool)> {
-    let mut rows = vec![
-        ("runtime.ReadMemStats", false),
-        ("runtime.GC", false),
-        ("runtime.GOMAXPROCS", false),
-        ("runtime/debug.freeOSMemory", false),
-        ("runtime.SetCPUProfileRate", false),
-        ("runtime/pprof.StartCPUProfile", false),
-        ("runtime/pprof.StopCPUProfile", false),
-        ("runtime.Stack", false),
-        ("runtime.SetBlockProfileRate", false),
-        ("runtime.SetFinalizer", false),
-        ("runtime.LockOSThread", true),
-        ("runtime.StartTrace", false),
-        ("runtime.Caller", false),
-        ("runtime.callers", false),
-        ("runtime.FuncForPC", false),
-        ("runtime/debug.setGCPercent", false),
-        ("runtime/debug.setMemoryLimit", false),
-        ("runtime.stopTheWorldWithSema", false),
-        ("runtime.startTheWorldWithSema", false),
-        ("runtime.stopTheWorld", false),
-        ("runtime.sigprof", false),
-        ("runtime.saveblockevent", false),
-        ("runtime.startlockedm", false),
-        (
-            if v.at_least(1, 21) {
-                "runtime.readTrace0"
-            } else {
-                "runtime.ReadTrace"
-            },
-            false,
-        ),
-    ];
-    if v.at_least(1, 25) {
-        rows.push((
-            "runtime/trace.(*traceMultiplexer).subscribeTraceStartWriter",
-            false,
-        ));
-        rows.push((
-            "runtime/trace.(*traceMultiplexer).unsubscribeTraceStartWriter",
-            false,
-        ));
-    } else {
-        rows.push(("runtime/trace.Start", false));
-        rows.push(("runtime/trace.Stop", false));
-    }
-    if v.at_least(1, 23) {
-        rows.push(("runtime.pprof_goroutineProfileWithLabels", false));
-    } else {
-        rows.push(("runtime/pprof.runtime_goroutineProfileWithLabels", false));
-    }
-    rows
+    Api::ALL
+        .iter()
+        .filter_map(|a| a.presence(v).symbol().map(|s| (s, a.nosplit())))
+        .collect()
 }
 
 /// The file bytes before the probe point are the prologue's conditional jump.
@@ -464,17 +416,17 @@ fn probe_instructions_are_emulated_from_go_1_21() {
                 .iter()
                 .filter(|p| p.program == detector::probes::plan::Program::CountCall)
                 // Inlined NumGoroutine is probed wherever its inlined body starts.
-                .filter(|p| p.func != "numgoroutine")
+                .filter(|p| p.api != Api::NumGoroutine)
                 .collect();
             assert!(
                 calls.len() > 20,
                 "{name}/{kind}: {} call probes",
                 calls.len()
             );
-            let stepped: Vec<&str> = calls
+            let stepped: Vec<Api> = calls
                 .iter()
                 .filter(|p| p.single_step)
-                .map(|p| p.func)
+                .map(|p| p.api)
                 .collect();
             if v.minor < 21 {
                 assert_eq!(stepped.len(), calls.len(), "{name}/{kind}: {stepped:?}");

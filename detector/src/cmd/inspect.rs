@@ -3,9 +3,9 @@ use std::path::Path;
 
 use super::Format;
 use crate::{
+    apis::{Api, Presence, Probe},
     exit::Failure,
     gobin::GoBinary,
-    probes::catalog::{self, Presence},
     report::{render_inspection, FunctionReport, Inspection},
 };
 
@@ -22,10 +22,10 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
         )
     })?;
     let mut functions = Vec::new();
-    for row in catalog::runtime_functions(version) {
+    for &api in Api::ALL {
         let base = FunctionReport {
-            id: row.id,
-            api: row.api,
+            id: api,
+            api: api.name(),
             symbol: None,
             status: "inlined",
             address: None,
@@ -37,41 +37,44 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
             single_step: None,
             note: None,
         };
-        let Presence::Symbol(sym) = row.presence else {
-            // Inlined APIs are observed where they were inlined, or through activity.
-            let callee = row.api;
-            let sites = if row.id == "numgoroutine" {
-                crate::probes::plan::user_inlined_sites(&bin, callee)
-            } else {
-                vec![]
-            };
-            let note = match row.id {
-                "setmutexprofilefraction" => {
-                    "always inlined: its setting is read from each recorded mutex event (runtime.saveblockevent)".to_string()
-                }
-                _ if sites.is_empty() => {
-                    "always inlined, and not inlined into any user function".to_string()
-                }
-                _ => {
-                    let names: Vec<String> = sites
-                        .iter()
-                        .take(3)
-                        .map(|s| format!("{} ({}:{})", s.caller, s.call_file, s.call_line))
-                        .collect();
-                    format!(
-                        "always inlined: probed at {} inlined site(s) in user code: {}",
-                        sites.len(),
-                        names.join(", ")
-                    )
-                }
-            };
-            functions.push(FunctionReport {
-                probe_address: sites.first().map(|s| s.probe_vaddr),
-                probe_file_offset: sites.first().map(|s| s.probe_file_offset),
-                note: Some(note),
-                ..base
-            });
-            continue;
+        let sym = match api.presence(version) {
+            Presence::Symbol(sym) => sym,
+            Presence::Inlined { callee } => {
+                // Inlined APIs are observed where they were inlined, or through activity.
+                let sites = if api.probe() == Probe::InlinedSites {
+                    crate::probes::plan::user_inlined_sites(&bin, callee)
+                } else {
+                    vec![]
+                };
+                let note = match api.probe() {
+                    Probe::ObservedThrough(other) => format!(
+                        "always inlined: its setting is read from each recorded event ({})",
+                        other.presence(version).symbol().unwrap_or(other.name())
+                    ),
+                    _ if sites.is_empty() => {
+                        "always inlined, and not inlined into any user function".to_string()
+                    }
+                    _ => {
+                        let names: Vec<String> = sites
+                            .iter()
+                            .take(3)
+                            .map(|s| format!("{} ({}:{})", s.caller, s.call_file, s.call_line))
+                            .collect();
+                        format!(
+                            "always inlined: probed at {} inlined site(s) in user code: {}",
+                            sites.len(),
+                            names.join(", ")
+                        )
+                    }
+                };
+                functions.push(FunctionReport {
+                    probe_address: sites.first().map(|s| s.probe_vaddr),
+                    probe_file_offset: sites.first().map(|s| s.probe_file_offset),
+                    note: Some(note),
+                    ..base
+                });
+                continue;
+            }
         };
         let base = FunctionReport {
             symbol: Some(sym),

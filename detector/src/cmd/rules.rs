@@ -5,23 +5,28 @@ use std::fmt::Write;
 use super::Format;
 use crate::{
     exit::{self, Failure},
-    rules::{Thresholds, NOT_OBSERVABLE, RULES},
+    rules::{Param, Thresholds, NOT_OBSERVABLE, RULES},
 };
 
 #[derive(serde::Serialize)]
 struct RuleRow {
     id: &'static str,
-    catalog_case: u8,
+    catalog_case: Option<u8>,
     title: &'static str,
     observes: &'static str,
-    thresholds: Vec<(&'static str, toml::Value)>,
+    thresholds: Vec<(&'static str, serde_json::Value)>,
+}
+
+/// A threshold's value as the config file takes it (whole numbers without a point).
+fn value(p: &Param, v: f64) -> serde_json::Value {
+    if p.whole {
+        serde_json::Value::from(v as u64)
+    } else {
+        serde_json::Value::from(v)
+    }
 }
 
 pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
-    let values = match toml::Value::try_from(t) {
-        Ok(toml::Value::Table(v)) => v,
-        _ => return Err(Failure::new(exit::OTHER, "thresholds are not a table")),
-    };
     let rows: Vec<RuleRow> = RULES
         .iter()
         .map(|r| RuleRow {
@@ -30,14 +35,9 @@ pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
             title: r.title,
             observes: r.observes,
             thresholds: r
-                .thresholds
+                .params
                 .iter()
-                .map(|k| {
-                    (
-                        *k,
-                        values.get(*k).cloned().unwrap_or(toml::Value::Float(0.0)),
-                    )
-                })
+                .map(|p| (p.key, value(p, t.get(p))))
                 .collect(),
         })
         .collect();
@@ -58,16 +58,15 @@ pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
         Format::Text => {
             let mut o = String::new();
             for r in &rows {
-                let _ = writeln!(o, "{:<28} case {:>2}  {}", r.id, r.catalog_case, r.title);
+                let case = r
+                    .catalog_case
+                    .map_or("beyond the catalog".to_string(), |c| format!("case {c:>2}"));
+                let _ = writeln!(o, "{:<28} {case}  {}", r.id, r.title);
                 let _ = writeln!(o, "    observes: {}", r.observes);
                 let th: Vec<String> = r
                     .thresholds
                     .iter()
-                    .map(|(k, v)| match v {
-                        toml::Value::Integer(i) => format!("{k} = {i}"),
-                        toml::Value::Float(f) => format!("{k} = {f}"),
-                        other => format!("{k} = {other:?}"),
-                    })
+                    .map(|(k, v)| format!("{k} = {v}"))
                     .collect();
                 let _ = writeln!(o, "    thresholds: {}", th.join(", "));
             }

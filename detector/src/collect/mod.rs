@@ -9,11 +9,13 @@ use std::{
 };
 
 use detector_common::{StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use detector_common::ArgMode;
 
 use crate::{
+    apis::{Api, PauseKind},
+    gobin::owner::is_user_code,
     probes::{attach::Snapshot, plan::Plan},
     target::Target,
 };
@@ -32,7 +34,7 @@ pub struct Sample {
     pub on_s: HashMap<u32, f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CallSite {
     /// The calling function, e.g. "main.metricsMiddleware.func1".
     pub function: String,
@@ -42,26 +44,27 @@ pub struct CallSite {
     /// False for the runtime and standard-library code a user cannot change.
     pub user_code: bool,
     /// Argument values passed from this site (functions whose argument matters).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<ArgCount>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArgCount {
     pub value: i64,
     pub calls: u64,
     /// For a code pointer (the finalizer passed to SetFinalizer): its function.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
     /// For a finalizer: whether it (or a function it calls) is a Close method.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closes_resource: Option<bool>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CallStats {
-    /// Catalog id, e.g. "readmemstats".
-    pub func: String,
+    /// The API, by id ("readmemstats").
+    pub func: Api,
+    /// As a Go programmer writes it ("runtime.ReadMemStats").
     pub api: String,
     pub symbol: String,
     pub calls: u64,
@@ -76,11 +79,11 @@ pub struct CallStats {
     pub args: Vec<ArgCount>,
     /// Share of the window the probe was live, when the overhead budget duty-cycled
     /// it: its counts are then estimates (counted ÷ this share).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PauseStats {
     pub reason: Reason,
     pub pauses: u64,
@@ -100,7 +103,7 @@ pub struct PauseStats {
     pub call_site: Option<CallSite>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Collected {
     /// The window's bounds in Unix time (ms), to line the numbers up with other sources.
     pub window_start_unix_ms: u64,
@@ -126,45 +129,32 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// The counted calls of catalog function `func`, if probed.
-    pub fn calls_of(&self, func: &str) -> Option<&CallStats> {
-        self.calls.iter().find(|c| c.func == func)
+    /// The counted calls of `api`, if probed.
+    pub fn calls_of(&self, api: Api) -> Option<&CallStats> {
+        self.calls.iter().find(|c| c.func == api)
     }
 }
 
-/// Code a user cannot change: calls from here never make findings.
-pub fn is_user_code(function: &str) -> bool {
-    const NOT_USER: &[&str] = &[
-        "runtime.",
-        "runtime/",
-        "net/http/pprof.",
-        "expvar.",
-        "internal/",
-        "sync.",
-        "os.",
-    ];
-    !NOT_USER.iter().any(|p| function.starts_with(p))
-}
-
-/// The probed API behind a pause reason: the calls that stop the world for it.
+/// The probed API behind a pause reason: of the APIs whose calls stop the world for
+/// it (the table's [`Api::pauses`]) and were called, the last one called from user
+/// code, else the last one called. Last in table order: the outer API of a pair that
+/// calls the other (debug.FreeOSMemory runs runtime.GC, trace.Start runs StartTrace).
 fn cause<'a>(reason: &Reason, calls: &'a [CallStats]) -> Option<&'a CallStats> {
-    let of = |func: &str| calls.iter().find(|c| c.func == func && c.calls > 0);
-    if reason.forced {
-        // FreeOSMemory calls runtime.GC itself: prefer it when user code calls it.
-        let user = |c: &&CallStats| c.sites.iter().any(|s| s.user_code);
-        return of("freeosmemory")
-            .filter(user)
-            .or(of("gc").filter(user))
-            .or(of("gc"));
-    }
-    match reason.code? {
-        stw::READ_MEM_STATS => of("readmemstats"),
-        stw::STACK_TRACE => of("stack"),
-        stw::GOMAXPROCS => of("gomaxprocs"),
-        stw::START_TRACE => of("tracestart").or(of("starttrace")),
-        stw::STOP_TRACE => of("tracestop"),
-        stw::GOROUTINE_PROFILE | stw::GOROUTINE_PROFILE_CLEANUP => of("goroutineprofile"),
-        _ => None,
+    let called: Vec<&CallStats> = Api::causing(reason.code, reason.forced)
+        .filter_map(|api| calls.iter().find(|c| c.func == api && c.calls > 0))
+        .collect();
+    let user = |c: &&&CallStats| c.sites.iter().any(|s| s.user_code);
+    called.iter().rev().find(user).or(called.last()).copied()
+}
+
+/// Whether `api`'s pauses are counted under `reason`.
+pub fn pauses_for(api: Api, reason: &Reason) -> bool {
+    match api.pauses() {
+        Some(PauseKind::ForcedGc) => reason.forced,
+        Some(PauseKind::Reasons(codes)) => {
+            !reason.forced && reason.code.is_some_and(|c| codes.contains(&c))
+        }
+        None => false,
     }
 }
 
@@ -306,6 +296,7 @@ pub fn summarize(
         }
         let total = prev.0;
         let code_pointer = probe.mode == ArgMode::FinalizerFn;
+        let has_arg = probe.mode != ArgMode::None;
         let mut sites: BTreeMap<&(String, String, u32), BTreeMap<i64, u64>> = BTreeMap::new();
         let mut args: BTreeMap<i64, u64> = BTreeMap::new();
         for (k, v) in last
@@ -317,7 +308,7 @@ pub fn summarize(
                 continue;
             };
             let per_arg = sites.entry(site).or_default();
-            if !probe.arg.is_empty() {
+            if has_arg {
                 *per_arg.entry(k.arg as i64).or_default() += v;
                 *args.entry(k.arg as i64).or_default() += v;
             } else {
@@ -325,7 +316,7 @@ pub fn summarize(
             }
         }
         let arg_counts = |m: &BTreeMap<i64, u64>| -> Vec<ArgCount> {
-            if probe.arg.is_empty() {
+            if !has_arg {
                 return vec![];
             }
             m.iter()
@@ -362,8 +353,8 @@ pub fn summarize(
             .filter(|share| *share < 0.999);
         calls.push(CallStats {
             sampled,
-            func: probe.func.to_string(),
-            api: probe.api.to_string(),
+            func: probe.api,
+            api: probe.api.name().to_string(),
             symbol: probe.symbol.to_string(),
             calls: total,
             per_second: total as f64 / duration_s,
@@ -456,13 +447,5 @@ mod tests {
         assert_eq!(percentile(&s, 0.5), 2048);
         assert_eq!(percentile(&s, 0.99), 2048);
         assert_eq!(percentile(&s, 1.0), 1_000_000);
-    }
-
-    #[test]
-    fn standard_library_is_not_user_code() {
-        assert!(is_user_code("main.metricsMiddleware.func1"));
-        assert!(is_user_code("github.com/acme/svc/metrics.Export"));
-        assert!(!is_user_code("net/http/pprof.Index"));
-        assert!(!is_user_code("runtime/debug.FreeOSMemory"));
     }
 }

@@ -2,7 +2,9 @@
 //! string to `stopTheWorld`. Both are mapped onto one vocabulary here.
 
 /// A reason as reported: Go's own wording, and the 1.21+ number when known.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Reason {
     pub code: Option<u8>,
     pub name: String,
@@ -46,15 +48,7 @@ const NAMES: &[&str] = &[
     "stop trace",
 ];
 
-pub const GC_MARK_TERMINATION: u8 = 1;
-pub const GC_SWEEP_TERMINATION: u8 = 2;
-pub const GOROUTINE_PROFILE: u8 = 4;
-pub const GOROUTINE_PROFILE_CLEANUP: u8 = 5;
-pub const STACK_TRACE: u8 = 6;
-pub const READ_MEM_STATS: u8 = 7;
-pub const GOMAXPROCS: u8 = 9;
-pub const START_TRACE: u8 = 10;
-pub const STOP_TRACE: u8 = 11;
+pub use crate::apis::reason::*;
 
 pub fn from_code(code: u8) -> Reason {
     Reason {

@@ -166,13 +166,6 @@ pub fn binary(bin: &GoBinary) {
     let _ = bin.read_bytes_at(u64::MAX - 2, 10);
     let _ = bin.read_cstring_at(info.text_start, 64);
     let version = info.go_version.unwrap_or(super::version::NEWEST_TESTED);
-    for row in crate::probes::catalog::runtime_functions(version) {
-        if let crate::probes::catalog::Presence::Symbol(s) = row.presence {
-            if let Some(f) = bin.func_by_name(s) {
-                let _ = bin.probe_point(&f);
-            }
-        }
-    }
     let _ = crate::probes::plan::plan(bin, version);
 }
 

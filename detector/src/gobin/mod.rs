@@ -19,6 +19,7 @@ pub mod fuzzing;
 mod globals;
 mod inline;
 pub mod limits;
+pub mod owner;
 mod pclntab;
 pub(crate) mod prologue;
 pub mod version;

@@ -56,19 +56,6 @@ const MAX_PROBES_PER_UNIT: usize = 8;
 /// the kernel serialises them, and a backlog would also block every other attach.
 const MAX_DETACH_BACKLOG: usize = 4;
 
-/// APIs that stop the world on every call: each call costs the target far more than
-/// its probe (every thread stops), and their pauses are matched to their calls, so
-/// their probes stay live.
-const STOPS_THE_WORLD: &[&str] = &[
-    "readmemstats",
-    "gc",
-    "freeosmemory",
-    "goroutineprofile",
-    "starttrace",
-    "tracestart",
-    "tracestop",
-];
-
 /// A unit that may be live this share of the time or more stays live.
 const ALMOST_ALWAYS: f64 = 0.9;
 
@@ -164,7 +151,9 @@ impl DutyCycle {
         for (i, p) in plan.probes.iter().enumerate() {
             if p.program == Program::CountCall
                 && p.cookie & COOKIE_FORCED_GC_ENTER == 0
-                && !STOPS_THE_WORLD.contains(&p.func)
+                // Every call stops the world: it costs the target far more than its
+                // probe, and its pauses are matched to its calls, so it stays live.
+                && !p.api.always_stops_the_world()
                 && Probes::is_live(attached, i)
             {
                 by_id.entry(p.cookie as u32 + id_base).or_default().push(i);

@@ -2,7 +2,6 @@
 //! the only module that knows aya's API).
 pub mod attach;
 pub mod budget;
-pub mod catalog;
 pub mod guardian;
 pub mod plan;
 pub mod uprobe;

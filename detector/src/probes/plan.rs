@@ -6,8 +6,10 @@ use detector_common::{
 };
 use serde::Serialize;
 
-use super::catalog::{self, Presence, RuntimeFunc};
-use crate::gobin::{GoBinary, GoVersion};
+use crate::{
+    apis::{Api, Presence, Probe},
+    gobin::{GoBinary, GoVersion},
+};
 
 /// The eBPF program a probe runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -33,40 +35,6 @@ impl Program {
     }
 }
 
-/// Counted calls, with the argument each records. Most APIs are rare in healthy
-/// code. Caller, Callers, FuncForPC and SetFinalizer can run 100k times a second in
-/// healthy services; the rest are runtime-internal activity that only runs while a
-/// setting is on (CPU profiler, block/mutex profile events, tracer, locked threads),
-/// which is how settings made before detector attached are seen.
-const CALL_PROBES: &[(&str, ArgMode)] = &[
-    ("readmemstats", ArgMode::None),
-    ("gc", ArgMode::None),
-    ("gomaxprocs", ArgMode::Rax),
-    ("freeosmemory", ArgMode::None),
-    ("setcpuprofilerate", ArgMode::Rax),
-    ("startcpuprofile", ArgMode::None),
-    ("stopcpuprofile", ArgMode::None),
-    ("stack", ArgMode::Dil),
-    ("setblockprofilerate", ArgMode::Rax),
-    ("starttrace", ArgMode::None),
-    ("tracestart", ArgMode::None),
-    ("tracestop", ArgMode::None),
-    ("setgcpercent", ArgMode::Rax),
-    ("setmemorylimit", ArgMode::Rax),
-    ("goroutineprofile", ArgMode::None),
-    ("setfinalizer", ArgMode::FinalizerFn),
-    ("lockosthread", ArgMode::None),
-    ("caller", ArgMode::None),
-    ("callers", ArgMode::None),
-    ("funcforpc", ArgMode::None),
-    ("sigprof", ArgMode::None),
-    ("saveblockevent", ArgMode::RateAndWhich),
-    ("startlockedm", ArgMode::None),
-    ("tracereader", ArgMode::None),
-];
-
-/// Always-inlined APIs probed where they were inlined: (catalog id, callee symbol).
-const INLINED_PROBES: &[(&str, &str)] = &[("numgoroutine", "runtime.NumGoroutine")];
 /// A bound on inline-site probes per API (each is one uprobe in the kernel).
 const MAX_INLINED_SITES: usize = 64;
 
@@ -79,8 +47,8 @@ const M_CURG_OFFSET_GO119: u16 = 192;
 /// One uprobe to attach.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlannedProbe {
-    /// Catalog id of the function.
-    pub func: &'static str,
+    /// The API it observes (`runtime.GC`'s RET probes: [`Api::Gc`]).
+    pub api: Api,
     pub symbol: &'static str,
     pub program: Program,
     /// Virtual address of the probed instruction (in the file's layout).
@@ -95,12 +63,9 @@ pub struct PlannedProbe {
 /// A call probe's identity, indexed by the probe id in the cookie.
 #[derive(Clone, Debug, Serialize)]
 pub struct CallProbe {
-    pub func: &'static str,
-    pub api: &'static str,
+    pub api: Api,
     pub symbol: &'static str,
-    /// What the recorded argument is ("" when none).
-    pub arg: &'static str,
-    /// How the kernel records it.
+    /// How the kernel records its argument.
     #[serde(skip)]
     pub mode: ArgMode,
 }
@@ -108,7 +73,7 @@ pub struct CallProbe {
 /// A catalog function that will not be probed, and why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Skipped {
-    pub func: &'static str,
+    pub func: Api,
     pub symbol: Option<&'static str>,
     pub reason: String,
 }
@@ -123,97 +88,16 @@ pub struct Plan {
     pub stw: bool,
 }
 
-/// How a probe's recorded argument is described (in `CallProbe::arg`).
-fn arg_name(mode: ArgMode) -> &'static str {
-    match mode {
-        ArgMode::None => "",
-        ArgMode::Rax => "first argument",
-        ArgMode::Dil => "all",
-        ArgMode::RateAndWhich => "rate and profile",
-        ArgMode::FinalizerFn => "finalizer function",
-    }
-}
-
 /// Plans every probe for `bin` (Go version `v`).
 pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
     let mut plan = Plan::default();
-    let funcs = catalog::runtime_functions(v);
-    let find = |id: &str| funcs.iter().find(|f| f.id == id).copied();
 
-    for &(id, mode) in CALL_PROBES {
-        let Some(row) = find(id) else { continue };
-        let Some((symbol, point)) = locate(bin, &row, &mut plan.skipped) else {
-            continue;
-        };
-        let probe_id = plan.call_probes.len() as u32;
-        plan.call_probes.push(CallProbe {
-            func: row.id,
-            api: row.api,
-            symbol,
-            arg: arg_name(mode),
-            mode,
-        });
-        // runtime.GC also tracks forced collections: entry flag + a probe on each RET.
-        let forced = row.id == "gc" && !point.rets.is_empty();
-        plan.probes.push(PlannedProbe {
-            func: row.id,
-            symbol,
-            program: Program::CountCall,
-            vaddr: point.probe_vaddr,
-            file_offset: point.probe_file_offset,
-            cookie: cookie(probe_id, mode) | if forced { COOKIE_FORCED_GC_ENTER } else { 0 },
-            single_step: false,
-        });
-        if forced {
-            for (vaddr, off) in point.rets.iter().zip(&point.ret_file_offsets) {
-                plan.probes.push(PlannedProbe {
-                    func: "gc_return",
-                    symbol,
-                    program: Program::ForcedGcExit,
-                    vaddr: *vaddr,
-                    file_offset: *off,
-                    cookie: 0,
-                    single_step: false,
-                });
-            }
-        }
-    }
-
-    // Always-inlined APIs: probe the first instruction of each inlined body in user
-    // code (found through the pclntab inline tree); the probe address is the site.
-    for (id, callee) in INLINED_PROBES {
-        let sites: Vec<_> = user_inlined_sites(bin, callee)
-            .into_iter()
-            .take(MAX_INLINED_SITES)
-            .collect();
-        let Some(row) = find(id) else { continue };
-        if sites.is_empty() {
-            plan.skipped.push(Skipped {
-                func: row.id,
-                symbol: None,
-                reason: "always inlined, and not inlined into any user function of this binary"
-                    .into(),
-            });
-            continue;
-        }
-        let probe_id = plan.call_probes.len() as u32;
-        plan.call_probes.push(CallProbe {
-            func: row.id,
-            api: row.api,
-            symbol: callee,
-            arg: "",
-            mode: ArgMode::None,
-        });
-        for s in sites {
-            plan.probes.push(PlannedProbe {
-                func: row.id,
-                symbol: callee,
-                program: Program::CountCall,
-                vaddr: s.probe_vaddr,
-                file_offset: s.probe_file_offset,
-                cookie: cookie(probe_id, ArgMode::None) | COOKIE_CALLER_IS_IP,
-                single_step: false,
-            });
+    // Counted calls: call probe ids follow the table's order.
+    for &api in Api::ALL {
+        match api.probe() {
+            Probe::Call(mode) => plan_call(bin, v, api, mode, &mut plan),
+            Probe::InlinedSites => plan_inlined_sites(bin, v, api, &mut plan),
+            Probe::ObservedThrough(_) | Probe::Pause => {}
         }
     }
 
@@ -221,12 +105,12 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
     // startTheWorldWithSema. Go 1.19/1.20 pass the reason as a string to stopTheWorld.
     let string_reasons = !v.at_least(1, 21);
     let mut stw = Vec::new();
-    let start = find("stw_start").and_then(|r| locate(bin, &r, &mut plan.skipped));
-    let end = find("stw_end").and_then(|r| locate(bin, &r, &mut plan.skipped));
+    let start = locate(bin, v, Api::StwStart, &mut plan.skipped);
+    let end = locate(bin, v, Api::StwEnd, &mut plan.skipped);
     if let (Some((start_sym, start_pt)), Some((end_sym, end_pt))) = (start, end) {
         if !end_pt.rets.is_empty() {
             stw.push(PlannedProbe {
-                func: "stw_start",
+                api: Api::StwStart,
                 symbol: start_sym,
                 program: Program::StwStart,
                 vaddr: start_pt.probe_vaddr,
@@ -240,7 +124,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             });
             for (vaddr, off) in end_pt.rets.iter().zip(&end_pt.ret_file_offsets) {
                 stw.push(PlannedProbe {
-                    func: "stw_end",
+                    api: Api::StwEnd,
                     symbol: end_sym,
                     program: Program::StwEnd,
                     vaddr: *vaddr,
@@ -253,11 +137,9 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
     }
     if string_reasons && !stw.is_empty() {
         // Without it pauses are still measured, all "without a reason".
-        if let Some((sym, pt)) =
-            find("stw_request").and_then(|r| locate(bin, &r, &mut plan.skipped))
-        {
+        if let Some((sym, pt)) = locate(bin, v, Api::StwRequest, &mut plan.skipped) {
             stw.push(PlannedProbe {
-                func: "stw_request",
+                api: Api::StwRequest,
                 symbol: sym,
                 program: Program::StwReason,
                 vaddr: pt.probe_vaddr,
@@ -277,25 +159,96 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
     plan
 }
 
+/// A counted function: one probe at its probe point; `runtime.GC` also gets one on
+/// each RET, so that collector pauses inside it are marked forced.
+fn plan_call(bin: &GoBinary, v: GoVersion, api: Api, mode: ArgMode, plan: &mut Plan) {
+    let Some((symbol, point)) = locate(bin, v, api, &mut plan.skipped) else {
+        return;
+    };
+    let probe_id = plan.call_probes.len() as u32;
+    plan.call_probes.push(CallProbe { api, symbol, mode });
+    let forced = api == Api::Gc && !point.rets.is_empty();
+    plan.probes.push(PlannedProbe {
+        api,
+        symbol,
+        program: Program::CountCall,
+        vaddr: point.probe_vaddr,
+        file_offset: point.probe_file_offset,
+        cookie: cookie(probe_id, mode) | if forced { COOKIE_FORCED_GC_ENTER } else { 0 },
+        single_step: false,
+    });
+    if forced {
+        for (vaddr, off) in point.rets.iter().zip(&point.ret_file_offsets) {
+            plan.probes.push(PlannedProbe {
+                api,
+                symbol,
+                program: Program::ForcedGcExit,
+                vaddr: *vaddr,
+                file_offset: *off,
+                cookie: 0,
+                single_step: false,
+            });
+        }
+    }
+}
+
+/// An always-inlined API: a probe on the first instruction of each inlined body in
+/// user code (found through the pclntab inline tree); the probe address is the site.
+fn plan_inlined_sites(bin: &GoBinary, v: GoVersion, api: Api, plan: &mut Plan) {
+    let Presence::Inlined { callee } = api.presence(v) else {
+        return;
+    };
+    let sites: Vec<_> = user_inlined_sites(bin, callee)
+        .into_iter()
+        .take(MAX_INLINED_SITES)
+        .collect();
+    if sites.is_empty() {
+        plan.skipped.push(Skipped {
+            func: api,
+            symbol: None,
+            reason: "always inlined, and not inlined into any user function of this binary".into(),
+        });
+        return;
+    }
+    let probe_id = plan.call_probes.len() as u32;
+    plan.call_probes.push(CallProbe {
+        api,
+        symbol: callee,
+        mode: ArgMode::None,
+    });
+    for s in sites {
+        plan.probes.push(PlannedProbe {
+            api,
+            symbol: callee,
+            program: Program::CountCall,
+            vaddr: s.probe_vaddr,
+            file_offset: s.probe_file_offset,
+            cookie: cookie(probe_id, ArgMode::None) | COOKIE_CALLER_IS_IP,
+            single_step: false,
+        });
+    }
+}
+
 /// Where `callee` was inlined into user code (the runtime's own uses are not probed).
 pub fn user_inlined_sites(bin: &GoBinary, callee: &str) -> Vec<crate::gobin::InlinedCall> {
     bin.inlined_calls(callee)
         .into_iter()
-        .filter(|s| crate::collect::is_user_code(&s.caller))
+        .filter(|s| crate::gobin::owner::is_user_code(&s.caller))
         .collect()
 }
 
-/// Finds a catalog function's probe point, or records why it is skipped.
+/// Finds an API's probe point, or records why it is skipped.
 fn locate(
     bin: &GoBinary,
-    row: &RuntimeFunc,
+    v: GoVersion,
+    api: Api,
     skipped: &mut Vec<Skipped>,
 ) -> Option<(&'static str, crate::gobin::ProbePoint)> {
-    let symbol = match row.presence {
+    let symbol = match api.presence(v) {
         Presence::Symbol(s) => s,
-        Presence::Inlined => {
+        Presence::Inlined { .. } => {
             skipped.push(Skipped {
-                func: row.id,
+                func: api,
                 symbol: None,
                 reason: "always inlined by the compiler".into(),
             });
@@ -304,7 +257,7 @@ fn locate(
     };
     let Some(f) = bin.func_by_name(symbol) else {
         skipped.push(Skipped {
-            func: row.id,
+            func: api,
             symbol: Some(symbol),
             reason: "not in this binary (the program does not use it)".into(),
         });
@@ -314,7 +267,7 @@ fn locate(
         Ok(p) => Some((symbol, p)),
         Err(e) => {
             skipped.push(Skipped {
-                func: row.id,
+                func: api,
                 symbol: Some(symbol),
                 reason: e.to_string(),
             });

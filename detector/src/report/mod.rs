@@ -65,7 +65,7 @@ impl Diagnosis {
 /// One runtime function as found in a binary by `inspect`.
 #[derive(Clone, Debug, Serialize)]
 pub struct FunctionReport {
-    pub id: &'static str,
+    pub id: crate::apis::Api,
     pub api: &'static str,
     pub symbol: Option<&'static str>,
     /// "found", "missing" or "inlined".

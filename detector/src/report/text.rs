@@ -2,6 +2,7 @@
 use std::fmt::Write;
 
 use super::{Diagnosis, Inspection};
+use crate::apis::Api;
 use crate::rules::{fmt_ns, fmt_pct};
 
 pub fn render_diagnosis(d: &Diagnosis) -> String {
@@ -80,12 +81,7 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
             );
         }
         if !s.args.is_empty() {
-            let args: Vec<String> = s
-                .args
-                .iter()
-                .take(6)
-                .map(|a| arg_text(&s.func, a))
-                .collect();
+            let args: Vec<String> = s.args.iter().take(6).map(|a| arg_text(s.func, a)).collect();
             let _ = writeln!(o, "      arguments: {}", args.join(", "));
         }
     }
@@ -94,10 +90,7 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
             o,
             "  process CPU: {:.2} cores{}",
             cpu / c.duration_s,
-            match (
-                c.cpu_profile_hz_max,
-                c.calls.iter().find(|s| s.func == "sigprof")
-            ) {
+            match (c.cpu_profile_hz_max, c.calls_of(Api::Sigprof)) {
                 (Some(hz), _) if hz > 0 => format!(", CPU profiler at {hz} Hz"),
                 (_, Some(s)) if s.calls > 0 && cpu > 0.0 => format!(
                     ", {:.0} CPU profile samples per CPU-second",
@@ -150,9 +143,9 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     o
 }
 
-fn arg_text(func: &str, a: &crate::collect::ArgCount) -> String {
-    match func {
-        "saveblockevent" => {
+fn arg_text(api: Api, a: &crate::collect::ArgCount) -> String {
+    match api {
+        Api::SaveBlockEvent => {
             let (rate, which) = ((a.value as u64) >> 8, a.value as u64 & 0xff);
             let profile = match which {
                 detector_common::BUCKET_BLOCK => "block rate(ticks)",
@@ -161,26 +154,14 @@ fn arg_text(func: &str, a: &crate::collect::ArgCount) -> String {
             };
             format!("{profile}={rate} ×{}", a.calls)
         }
-        "setfinalizer" => format!(
+        Api::SetFinalizer => format!(
             "finalizer={} ×{}",
             a.function
                 .as_deref()
                 .unwrap_or(if a.value == 0 { "nil" } else { "?" }),
             a.calls
         ),
-        _ => format!("{}={} ×{}", s_arg_name(func), a.value, a.calls),
-    }
-}
-
-fn s_arg_name(func: &str) -> &'static str {
-    match func {
-        "gomaxprocs" => "n",
-        "setcpuprofilerate" => "hz",
-        "setblockprofilerate" => "rate",
-        "stack" => "all",
-        "setgcpercent" => "percent",
-        "setmemorylimit" => "limit",
-        _ => "arg",
+        _ => format!("{}={} ×{}", api.arg_name(), a.value, a.calls),
     }
 }
 

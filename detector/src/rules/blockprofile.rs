@@ -6,27 +6,44 @@
 //! tells the two profiles apart.
 use detector_common::{BUCKET_BLOCK, BUCKET_MUTEX};
 
-use super::{cpu_severity, fmt_pct, user_calls, Finding, Rule, Thresholds};
+use super::{cpu_severity, fmt_pct, user_calls, Finding, Param, Rule, Thresholds};
+use crate::apis::Api;
 use crate::collect::Collected;
+
+pub const BLOCK_PROFILE_MIN_RATE_NS: Param = Param {
+    key: "block_profile_min_rate_ns",
+    default: 1000.0,
+    whole: false,
+    doc: "block profile sampling rates below this (ns of blocking per sample) record (nearly) every event",
+};
+
+pub const MUTEX_PROFILE_MIN_FRACTION: Param = Param {
+    key: "mutex_profile_min_fraction",
+    default: 5.0,
+    whole: false,
+    doc: "mutex profile fractions below this record (nearly) every contention",
+};
 
 pub const BLOCK_RULE: Rule = Rule {
     id: "block-profile-every-event",
-    catalog_case: 5,
+    catalog_case: Some(5),
     title: "block profile recording every blocking event",
     observes: "block-profile events recorded (runtime.saveblockevent) with the sampling rate in effect read from its arguments, and SetBlockProfileRate(rate) calls",
-    thresholds: &["block_profile_min_rate_ns"],
-    counts: &["setblockprofilerate", "saveblockevent"],
+    params: &[&BLOCK_PROFILE_MIN_RATE_NS],
+    needs: &[Api::SetBlockProfileRate, Api::SaveBlockEvent],
     judge: judge_block,
+    fixture_case: "blockprofile",
 };
 
 pub const MUTEX_RULE: Rule = Rule {
     id: "mutex-profile-every-event",
-    catalog_case: 5,
+    catalog_case: Some(5),
     title: "mutex profile recording every contention",
     observes: "mutex-profile events recorded (runtime.saveblockevent) with the fraction in effect read from its arguments (SetMutexProfileFraction is always inlined)",
-    thresholds: &["mutex_profile_min_fraction"],
-    counts: &["saveblockevent"],
+    params: &[&MUTEX_PROFILE_MIN_FRACTION],
+    needs: &[Api::SaveBlockEvent],
     judge: judge_mutex,
+    fixture_case: "mutexprofile",
 };
 
 /// Cost of one recorded event: a stack walk, a hash and a bucket update.
@@ -34,7 +51,7 @@ const NS_PER_EVENT: f64 = 1_500.0;
 
 /// Recorded events of one profile: (events, smallest rate setting seen).
 fn events(c: &Collected, which: u64) -> Option<(u64, u64)> {
-    let s = c.calls_of("saveblockevent")?;
+    let s = c.calls_of(Api::SaveBlockEvent)?;
     let mut n = 0;
     let mut rate = u64::MAX;
     for a in &s.args {
@@ -57,10 +74,10 @@ fn judge_block(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             c.ticks_per_second.map(|hz| ticks as f64 * 1e9 / hz)
         }
     });
-    let set = user_calls(c, "setblockprofilerate", |r| {
-        r > 0 && (r as f64) < t.block_profile_min_rate_ns
+    let set = user_calls(c, Api::SetBlockProfileRate, |r| {
+        r > 0 && (r as f64) < t.get(&BLOCK_PROFILE_MIN_RATE_NS)
     });
-    let live_low = live_ns.filter(|ns| *ns < t.block_profile_min_rate_ns);
+    let live_low = live_ns.filter(|ns| *ns < t.get(&BLOCK_PROFILE_MIN_RATE_NS));
     if live_low.is_none() && set.is_none() {
         return vec![];
     }
@@ -100,7 +117,7 @@ fn judge_mutex(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let Some((n, fraction)) = events(c, BUCKET_MUTEX) else {
         return vec![];
     };
-    if fraction == 0 || fraction as f64 >= t.mutex_profile_min_fraction {
+    if fraction == 0 || fraction as f64 >= t.get(&MUTEX_PROFILE_MIN_FRACTION) {
         return vec![];
     }
     let per_s = n as f64 / c.duration_s;

@@ -3,37 +3,48 @@
 //! The standard library's own callers (log with Lshortfile, testing) are not the
 //! user's code and are ignored.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, site_lines, user_calls, Finding, Rule, Thresholds,
+    active_fraction, cpu_severity, fmt_pct, shared, site_lines, user_calls, Finding, Param, Rule,
+    Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::Collected;
+
+pub const CALLER_PER_SECOND: Param = Param {
+    key: "caller_per_second",
+    default: 1000.0,
+    whole: false,
+    doc: "runtime.Caller/Callers/FuncForPC calls per second from user code that make a finding",
+};
 
 pub const RULE: Rule = Rule {
     id: "caller-hot-path",
-    catalog_case: 11,
+    catalog_case: Some(11),
     title: "runtime.Caller on a hot path",
     observes:
         "calls to runtime.Caller, runtime.Callers and runtime.FuncForPC from user code, per second",
-    thresholds: &["caller_per_second", "sustained_fraction"],
-    counts: &["caller", "callers", "funcforpc"],
+    params: &[&CALLER_PER_SECOND, &shared::SUSTAINED_FRACTION],
+    needs: &[Api::Caller, Api::Callers, Api::FuncForPc],
     judge,
+    fixture_case: "caller",
 };
 
 /// Rough cost of one call (unwind + pclntab lookup), from the catalog's benchmark.
 const NS_PER_CALL: f64 = 1_500.0;
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let found: Vec<_> = ["caller", "callers", "funcforpc"]
+    let found: Vec<_> = RULE
+        .needs
         .iter()
-        .filter_map(|f| user_calls(c, f, |_| true))
+        .filter_map(|a| user_calls(c, *a, |_| true))
         .collect();
     let rate: f64 = found.iter().map(|u| u.per_second).sum();
-    if rate < t.caller_per_second {
+    if rate < t.get(&CALLER_PER_SECOND) {
         return vec![];
     }
     let Some(main) = found.iter().max_by_key(|u| u.calls) else {
         return vec![];
     };
-    if active_fraction(&main.stats.user_per_tick) < t.sustained_fraction {
+    if active_fraction(&main.stats.user_per_tick) < t.get(&shared::SUSTAINED_FRACTION) {
         return vec![];
     }
     let site = main.sites.first().cloned();

@@ -5,29 +5,46 @@
 //! is on, and never otherwise. Calls made during the window (SetCPUProfileRate,
 //! StartCPUProfile, StopCPUProfile) are used when seen.
 use super::{
-    cpu_severity, fmt_pct, on_throughout, site_lines, user_calls, Finding, Rule, Severity,
+    cpu_severity, fmt_pct, on_throughout, site_lines, user_calls, Finding, Param, Rule, Severity,
     Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::Collected;
+
+pub const CPU_PROFILE_MAX_HZ: Param = Param {
+    key: "cpu_profile_max_hz",
+    default: 100.0,
+    whole: false,
+    doc: "highest CPU profiling rate (Hz) that is not a finding: the runtime's default",
+};
+
+pub const CPU_PROFILE_MAX_WINDOW_S: Param = Param {
+    key: "cpu_profile_max_window_s",
+    default: 30.0,
+    whole: false,
+    doc: "a CPU profile running continuously for longer than this (seconds) is unbounded",
+};
 
 pub const RATE_RULE: Rule = Rule {
     id: "cpu-profile-rate-high",
-    catalog_case: 4,
+    catalog_case: Some(4),
     title: "CPU profiler running above the default 100 Hz",
     observes: "the profiling rate in effect read from the process's memory (runtime.prof.hz, located in setcpuprofilerate's code), SetCPUProfileRate(hz) calls, and SIGPROF handler runs (runtime.sigprof) per CPU-second",
-    thresholds: &["cpu_profile_max_hz"],
-    counts: &["setcpuprofilerate", "sigprof"],
+    params: &[&CPU_PROFILE_MAX_HZ],
+    needs: &[Api::SetCpuProfileRate, Api::Sigprof],
     judge: judge_rate,
+    fixture_case: "cpuprofile-rate",
 };
 
 pub const UNBOUNDED_RULE: Rule = Rule {
     id: "cpu-profile-unbounded",
-    catalog_case: 13,
+    catalog_case: Some(13),
     title: "CPU profile running without bound",
     observes: "the CPU profiler active (runtime.sigprof) in every second of a window longer than the longest reasonable profile, with no StopCPUProfile",
-    thresholds: &["cpu_profile_max_window_s"],
-    counts: &["sigprof", "startcpuprofile", "stopcpuprofile"],
+    params: &[&CPU_PROFILE_MAX_WINDOW_S],
+    needs: &[Api::Sigprof, Api::StartCpuProfile, Api::StopCpuProfile],
     judge: judge_unbounded,
+    fixture_case: "cpuprofile-unbounded",
 };
 
 /// Cost of one SIGPROF: signal delivery, a stack walk and a profile-buffer write.
@@ -38,26 +55,26 @@ const MIN_SAMPLES: u64 = 20;
 
 /// The profiling rate in effect, estimated from SIGPROFs per CPU-second.
 pub(crate) fn estimated_hz(c: &Collected) -> Option<f64> {
-    let sig = c.calls_of("sigprof")?;
+    let sig = c.calls_of(Api::Sigprof)?;
     let cpu = c.cpu_seconds?;
     (sig.calls >= MIN_SAMPLES && cpu / c.duration_s >= MIN_CORES).then(|| sig.calls as f64 / cpu)
 }
 
 fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let set = user_calls(c, "setcpuprofilerate", |hz| {
-        hz as f64 > t.cpu_profile_max_hz
+    let set = user_calls(c, Api::SetCpuProfileRate, |hz| {
+        hz as f64 > t.get(&CPU_PROFILE_MAX_HZ)
     });
     let est = estimated_hz(c);
     // The setting itself, from memory: exact, and there even if set at startup.
     let in_memory = c
         .cpu_profile_hz_max
-        .filter(|hz| *hz as f64 > t.cpu_profile_max_hz)
+        .filter(|hz| *hz as f64 > t.get(&CPU_PROFILE_MAX_HZ))
         .map(f64::from);
     // Without the setting's address, the sample rate is the fallback; the kernel
     // fires per-thread CPU timers at most once per scheduler tick, so it is a lower
     // bound of the setting; 2.5x the threshold leaves room for its noise.
     let high_est =
-        est.filter(|hz| c.cpu_profile_hz_max.is_none() && *hz > 2.5 * t.cpu_profile_max_hz);
+        est.filter(|hz| c.cpu_profile_hz_max.is_none() && *hz > 2.5 * t.get(&CPU_PROFILE_MAX_HZ));
     if set.is_none() && high_est.is_none() && in_memory.is_none() {
         return vec![];
     }
@@ -66,14 +83,14 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             .and_then(|s| s.sites.first())
             .and_then(|s| s.args.iter().map(|a| a.value as f64).reduce(f64::max))
     });
-    let sigs_per_s = c.calls_of("sigprof").map_or(0.0, |s| s.per_second);
+    let sigs_per_s = c.calls_of(Api::Sigprof).map_or(0.0, |s| s.per_second);
     let core = sigs_per_s * NS_PER_SAMPLE / 1e9;
     let mut evidence = vec![];
     if let Some(hz) = in_memory {
         evidence.push(format!(
             "runtime.prof.hz = {hz:.0} in the process's memory, profiling on in {} of {} ticks",
             c.cpu_profile_on_ticks,
-            c.calls_of("sigprof").map_or(0, |s| s.per_tick.len())
+            c.calls_of(Api::Sigprof).map_or(0, |s| s.per_tick.len())
         ));
     }
     if let (Some(e), Some(cpu)) = (est, c.cpu_seconds) {
@@ -112,13 +129,14 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 
 fn judge_unbounded(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     // Any stop in the window means the profile is bounded by the program.
-    let stopped = c.calls_of("stopcpuprofile").is_some_and(|s| s.calls > 0)
-        || c.calls_of("setcpuprofilerate")
+    let stopped = c.calls_of(Api::StopCpuProfile).is_some_and(|s| s.calls > 0)
+        || c.calls_of(Api::SetCpuProfileRate)
             .is_some_and(|s| s.args.iter().any(|a| a.value == 0 && a.calls > 0));
-    let Some(sig) = on_throughout(c, "sigprof", stopped, t.cpu_profile_max_window_s) else {
+    let Some(sig) = on_throughout(c, Api::Sigprof, stopped, t.get(&CPU_PROFILE_MAX_WINDOW_S))
+    else {
         return vec![];
     };
-    let start = user_calls(c, "startcpuprofile", |_| true);
+    let start = user_calls(c, Api::StartCpuProfile, |_| true);
     let site = start.as_ref().and_then(|s| s.sites.first().cloned());
     let mut evidence = vec![format!(
         "the CPU profiler took samples in every one of the {} seconds watched ({} samples), and StopCPUProfile was never called",
@@ -136,7 +154,7 @@ fn judge_unbounded(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         title: UNBOUNDED_RULE.title.into(),
         summary: format!(
             "a CPU profile has been running for the whole {:.0} s window (longer than {:.0} s) with no stop: it writes to its file for as long as the process lives",
-            c.duration_s, t.cpu_profile_max_window_s
+            c.duration_s, t.get(&CPU_PROFILE_MAX_WINDOW_S)
         ),
         call_site: site,
         evidence,

@@ -5,27 +5,39 @@
 //! argument) and user space checks whether that function calls a Close method.
 //! SetFinalizer calls from the standard library (os closes files this way) and calls
 //! that clear a finalizer (nil) are ignored.
-use super::{active_fraction, cpu_severity, fmt_pct, site_lines, Finding, Rule, Thresholds};
+use super::{
+    active_fraction, cpu_severity, fmt_pct, shared, site_lines, Finding, Param, Rule, Thresholds,
+};
+use crate::apis::Api;
 use crate::collect::{CallSite, Collected};
+
+pub const FINALIZER_PER_SECOND: Param = Param {
+    key: "finalizer_per_second",
+    default: 10.0,
+    whole: false,
+    doc: "SetFinalizer calls per second from user code that make a finding",
+};
 
 pub const CLEANUP_RULE: Rule = Rule {
     id: "finalizer-cleanup",
-    catalog_case: 3,
+    catalog_case: Some(3),
     title: "runtime.SetFinalizer used to release resources",
     observes: "SetFinalizer calls from user code per second whose finalizer function calls a Close method (finalizer read from the call's arguments, its calls decoded from the binary)",
-    thresholds: &["finalizer_per_second", "sustained_fraction"],
-    counts: &["setfinalizer"],
+    params: &[&FINALIZER_PER_SECOND, &shared::SUSTAINED_FRACTION],
+    needs: &[Api::SetFinalizer],
     judge: judge_cleanup,
+    fixture_case: "finalizer-cleanup",
 };
 
 pub const LEAK_RULE: Rule = Rule {
     id: "finalizer-leak-counter",
-    catalog_case: 12,
+    catalog_case: Some(12),
     title: "runtime.SetFinalizer on hot objects to count leaks",
     observes: "SetFinalizer calls from user code per second whose finalizer does not close anything (counting or logging finalizers)",
-    thresholds: &["finalizer_per_second", "sustained_fraction"],
-    counts: &["setfinalizer"],
+    params: &[&FINALIZER_PER_SECOND, &shared::SUSTAINED_FRACTION],
+    needs: &[Api::SetFinalizer],
     judge: judge_leak,
+    fixture_case: "finalizer-leak",
 };
 
 /// Cost of one finalized object: the special record, the extra GC cycle it survives
@@ -41,7 +53,7 @@ fn judge_leak(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 }
 
 fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
-    let Some(stats) = c.calls_of("setfinalizer") else {
+    let Some(stats) = c.calls_of(Api::SetFinalizer) else {
         return vec![];
     };
     // User call sites, keeping only finalizers of the kind this rule is about.
@@ -68,7 +80,8 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
     sites.sort_by_key(|(s, _)| std::cmp::Reverse(s.calls));
     let calls: u64 = sites.iter().map(|(s, _)| s.calls).sum();
     let rate = calls as f64 / c.duration_s;
-    if rate < t.finalizer_per_second || active_fraction(&stats.user_per_tick) < t.sustained_fraction
+    if rate < t.get(&FINALIZER_PER_SECOND)
+        || active_fraction(&stats.user_per_tick) < t.get(&shared::SUSTAINED_FRACTION)
     {
         return vec![];
     }

@@ -4,36 +4,38 @@
 //! synchronous scavenge of the whole heap. One call at a phase boundary is fine: a
 //! finding needs `periodic_min_calls` calls from user code in the window.
 use super::{
-    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, periodic_line, site_lines, stw_severity,
+    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, periodic_line, shared, site_lines, stw_severity,
     user_calls, Finding, Rule, Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::Collected;
 
 pub const GC_RULE: Rule = Rule {
     id: "gc-forced-periodic",
-    catalog_case: 2,
+    catalog_case: Some(2),
     title: "runtime.GC() called repeatedly",
     observes: "calls to runtime.GC from user code, and the collector pauses that happen while a goroutine is inside runtime.GC (forced, not paced)",
-    thresholds: &["periodic_min_calls"],
-    counts: &["gc"],
+    params: &[&shared::PERIODIC_MIN_CALLS],
+    needs: &[Api::Gc],
     judge: judge_gc,
+    fixture_case: "gc",
 };
 
 pub const FREEOSMEMORY_RULE: Rule = Rule {
     id: "freeosmemory-periodic",
-    catalog_case: 14,
+    catalog_case: Some(14),
     title: "debug.FreeOSMemory() on a timer",
     observes:
         "calls to debug.FreeOSMemory from user code, and the forced collection pauses they cause",
-    thresholds: &["periodic_min_calls"],
-    counts: &["freeosmemory", "gc"],
+    params: &[&shared::PERIODIC_MIN_CALLS],
+    needs: &[Api::FreeOsMemory, Api::Gc],
     judge: judge_freeosmemory,
+    fixture_case: "freeosmemory",
 };
 
 struct Case {
     rule: &'static Rule,
-    func: &'static str,
-    api: &'static str,
+    api: Api,
     cost: &'static str,
     fix: &'static str,
     fine_when: &'static str,
@@ -45,8 +47,7 @@ fn judge_gc(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         t,
         &Case {
             rule: &GC_RULE,
-            func: "gc",
-            api: "runtime.GC",
+            api: Api::Gc,
             cost: "every call runs a full collection with two stop-the-world pauses, marks the whole live heap and resets the pacer: the program measures or pays for the GC, not its own work",
             fix: "remove the call and let GOGC/GOMEMLIMIT pace the collector; in benchmarks use b.ReportAllocs and, if a clean heap is really needed, call runtime.GC once before b.ResetTimer",
             fine_when: "tests that assert on object liveness, microbenchmarks of the GC itself, a single call before a measurement",
@@ -60,8 +61,7 @@ fn judge_freeosmemory(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         t,
         &Case {
             rule: &FREEOSMEMORY_RULE,
-            func: "freeosmemory",
-            api: "debug.FreeOSMemory",
+            api: Api::FreeOsMemory,
             cost: "every call forces a full collection (two stop-the-world pauses) and then a synchronous scavenge that madvises every free page, a latency spike each time for a marginally smaller RSS",
             fix: "remove the timer; set GOMEMLIMIT (env or debug.SetMemoryLimit) and let the background scavenger return memory, tune GOGC if needed",
             fine_when: "one call at a coarse phase boundary of a batch job that will not allocate again for a long time, shutdown hooks",
@@ -70,18 +70,18 @@ fn judge_freeosmemory(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 }
 
 fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
-    let Some(u) = user_calls(c, case.func, |_| true) else {
+    let Some(u) = user_calls(c, case.api, |_| true) else {
         return vec![];
     };
-    if u.calls < t.periodic_min_calls {
+    if u.calls < t.count(&shared::PERIODIC_MIN_CALLS) {
         return vec![];
     }
     let (pauses, total_ns, p99) = forced_gc_pauses(c);
     // Both APIs force the same collections; when both are called, split by calls.
-    let other = if case.func == "gc" {
-        "freeosmemory"
+    let other = if case.api == Api::Gc {
+        Api::FreeOsMemory
     } else {
-        "gc"
+        Api::Gc
     };
     let other_calls = user_calls(c, other, |_| true).map_or(0, |o| o.calls);
     let share = u.calls as f64 / (u.calls + other_calls) as f64;
@@ -108,7 +108,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
         title: case.rule.title.into(),
         summary: format!(
             "{} {:.1}/s{from} forces collections that stop the world {}: {} of wall time, {} of this process's stop-the-world time",
-            case.api,
+            case.api.name(),
             u.per_second,
             fmt_ns(stopped),
             fmt_pct(wall),

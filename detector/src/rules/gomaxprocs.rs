@@ -2,26 +2,35 @@
 //! query (the standard library's sync.Pool makes it all the time) and never counts;
 //! n > 0 takes the scheduler lock and, when n differs, stops the world to resize.
 use super::{
-    fmt_pct, pause_line, pauses_with, site_lines, stw_severity, user_calls, Finding, Rule,
+    fmt_pct, pause_line, pauses_with, site_lines, stw_severity, user_calls, Finding, Param, Rule,
     Severity, Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::{stw::GOMAXPROCS, Collected};
+
+pub const GOMAXPROCS_MIN_CALLS: Param = Param {
+    key: "gomaxprocs_min_calls",
+    default: 2.0,
+    whole: true,
+    doc: "GOMAXPROCS(n > 0) calls from user code in one window that make a finding",
+};
 
 pub const RULE: Rule = Rule {
     id: "gomaxprocs-per-request",
-    catalog_case: 8,
+    catalog_case: Some(8),
     title: "runtime.GOMAXPROCS(n) set repeatedly",
     observes: "calls to runtime.GOMAXPROCS with n > 0 from user code (n is read from RAX), and the pauses with reason \"GOMAXPROCS\"",
-    thresholds: &["gomaxprocs_min_calls"],
-    counts: &["gomaxprocs"],
+    params: &[&GOMAXPROCS_MIN_CALLS],
+    needs: &[Api::Gomaxprocs],
     judge,
+    fixture_case: "gomaxprocs",
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(u) = user_calls(c, "gomaxprocs", |n| n > 0) else {
+    let Some(u) = user_calls(c, Api::Gomaxprocs, |n| n > 0) else {
         return vec![];
     };
-    if u.calls < t.gomaxprocs_min_calls {
+    if u.calls < t.count(&GOMAXPROCS_MIN_CALLS) {
         return vec![];
     }
     let p = pauses_with(c, GOMAXPROCS);

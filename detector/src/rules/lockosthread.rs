@@ -3,33 +3,43 @@
 //! back to that thread (runtime.startlockedm): the hand-off rate is the live cost and
 //! is visible even when the lock was taken long before detector attached.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, site_lines, user_calls, Finding, Rule, Thresholds,
+    active_fraction, cpu_severity, fmt_pct, shared, site_lines, user_calls, Finding, Param, Rule,
+    Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::Collected;
+
+pub const LOCKEDM_HANDOFFS_PER_SECOND: Param = Param {
+    key: "lockedm_handoffs_per_second",
+    default: 100.0,
+    whole: false,
+    doc: "hand-offs per second of goroutines locked to their OS thread that make a finding",
+};
 
 pub const RULE: Rule = Rule {
     id: "lockosthread-worker",
-    catalog_case: 9,
+    catalog_case: Some(9),
     title: "goroutines locked to OS threads keep blocking",
     observes: "hand-offs to locked threads (runtime.startlockedm) per second, and calls to runtime.LockOSThread from user code",
-    thresholds: &["lockedm_handoffs_per_second", "sustained_fraction"],
-    counts: &["lockosthread", "startlockedm"],
+    params: &[&LOCKEDM_HANDOFFS_PER_SECOND, &shared::SUSTAINED_FRACTION],
+    needs: &[Api::LockOsThread, Api::StartLockedM],
     judge,
+    fixture_case: "lockosthread",
 };
 
 /// A hand-off wakes one thread and parks another: two futex round trips, ~5 µs.
 const NS_PER_HANDOFF: f64 = 5_000.0;
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(handoffs) = c.calls_of("startlockedm") else {
+    let Some(handoffs) = c.calls_of(Api::StartLockedM) else {
         return vec![];
     };
-    if handoffs.per_second < t.lockedm_handoffs_per_second
-        || active_fraction(&handoffs.per_tick) < t.sustained_fraction
+    if handoffs.per_second < t.get(&LOCKEDM_HANDOFFS_PER_SECOND)
+        || active_fraction(&handoffs.per_tick) < t.get(&shared::SUSTAINED_FRACTION)
     {
         return vec![];
     }
-    let locks = user_calls(c, "lockosthread", |_| true);
+    let locks = user_calls(c, Api::LockOsThread, |_| true);
     let site = locks.as_ref().and_then(|l| l.sites.first().cloned());
     let core = handoffs.per_second * NS_PER_HANDOFF / 1e9;
     let mut evidence = vec![format!(

@@ -13,9 +13,14 @@ mod readmemstats;
 mod stack;
 mod trace;
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use crate::collect::{CallSite, CallStats, Collected, PauseStats};
+use serde::Serialize;
+
+use crate::{
+    apis::Api,
+    collect::{CallSite, CallStats, Collected, PauseStats},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,72 +57,101 @@ pub struct Finding {
     pub fine_when: String,
 }
 
-/// Thresholds of the rules. Every field is a key of the TOML config file and of
-/// `--set KEY=VALUE`; the defaults are justified in docs/rules.md.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// A threshold a rule reads: a key of the TOML config file (`[thresholds]`) and of
+/// `--set KEY=VALUE`, with its default. Each rule declares its own next to its code;
+/// the few that several rules share are in [`shared`]. The defaults are justified in
+/// docs/rules.md.
+#[derive(Debug)]
+pub struct Param {
+    pub key: &'static str,
+    pub default: f64,
+    /// Takes a whole number (a count of calls).
+    pub whole: bool,
+    /// What it means, in one line (shown by `detector rules`).
+    pub doc: &'static str,
+}
+
+/// Thresholds read by more than one rule.
+pub mod shared {
+    use super::Param;
+
+    pub const SUSTAINED_FRACTION: Param = Param {
+        key: "sustained_fraction",
+        default: 0.5,
+        whole: false,
+        doc: "share of the window's 1 s ticks that must see calls for a rate to be \"sustained\"",
+    };
+    pub const PERIODIC_MIN_CALLS: Param = Param {
+        key: "periodic_min_calls",
+        default: 2.0,
+        whole: true,
+        doc: "calls in one window that make a timer-driven call periodic (one call is a one-off)",
+    };
+}
+
+/// The thresholds in effect: every rule's parameters, at their defaults unless the
+/// config file or `--set` changed them.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
-    /// ReadMemStats calls per second from user code that make a finding.
-    pub readmemstats_per_second: f64,
-    /// Share of the window's 1 s ticks that must see calls for a rate to be "sustained".
-    pub sustained_fraction: f64,
-    /// Calls in one window that make a timer-driven call periodic (runtime.GC,
-    /// debug.FreeOSMemory, runtime.Stack(buf, true)); one call is a one-off.
-    pub periodic_min_calls: u64,
-    /// GOMAXPROCS(n > 0) calls from user code in one window that make a finding.
-    pub gomaxprocs_min_calls: u64,
-    /// runtime.Caller/Callers/FuncForPC calls per second from user code.
-    pub caller_per_second: f64,
-    /// SetFinalizer calls per second from user code.
-    pub finalizer_per_second: f64,
-    /// Highest CPU profiling rate (Hz) that is not a finding: the runtime's default.
-    pub cpu_profile_max_hz: f64,
-    /// A CPU profile running continuously for longer than this (seconds) is unbounded.
-    pub cpu_profile_max_window_s: f64,
-    /// Block profile sampling rates below this (ns of blocking per sample) record
-    /// (nearly) every event.
-    pub block_profile_min_rate_ns: f64,
-    /// Mutex profile fractions below this record (nearly) every contention.
-    pub mutex_profile_min_fraction: f64,
-    /// The execution tracer running continuously for longer than this (seconds) is
-    /// "always on" rather than an on-demand window.
-    pub trace_max_window_s: f64,
-    /// Executions per second of an inlined runtime.NumGoroutine in user code.
-    pub numgoroutine_per_second: f64,
-    /// Hand-offs per second of goroutines locked to their OS thread.
-    pub lockedm_handoffs_per_second: f64,
+    values: BTreeMap<&'static str, f64>,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
-            readmemstats_per_second: 5.0,
-            sustained_fraction: 0.5,
-            periodic_min_calls: 2,
-            gomaxprocs_min_calls: 2,
-            caller_per_second: 1000.0,
-            finalizer_per_second: 10.0,
-            cpu_profile_max_hz: 100.0,
-            cpu_profile_max_window_s: 30.0,
-            block_profile_min_rate_ns: 1000.0,
-            mutex_profile_min_fraction: 5.0,
-            trace_max_window_s: 10.0,
-            numgoroutine_per_second: 1000.0,
-            lockedm_handoffs_per_second: 100.0,
+            values: params().map(|p| (p.key, p.default)).collect(),
         }
     }
 }
 
+/// Every parameter of every rule, once each.
+pub fn params() -> impl Iterator<Item = &'static Param> {
+    let mut seen = std::collections::BTreeSet::new();
+    RULES
+        .iter()
+        .flat_map(|r| r.params.iter().copied())
+        .filter(move |p| seen.insert(p.key))
+}
+
+fn param(key: &str) -> Option<&'static Param> {
+    params().find(|p| p.key == key)
+}
+
 impl Thresholds {
-    /// Parses a TOML config file's `[thresholds]` table (or a bare table of keys).
+    /// The value of `p` in effect.
+    pub fn get(&self, p: &Param) -> f64 {
+        self.values.get(p.key).copied().unwrap_or(p.default)
+    }
+
+    /// The value of a whole-number parameter.
+    pub fn count(&self, p: &Param) -> u64 {
+        self.get(p).max(0.0) as u64
+    }
+
+    /// Every parameter and its value, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static Param, f64)> + '_ {
+        params().map(|p| (p, self.get(p)))
+    }
+
+    /// Parses a TOML config file's `[thresholds]` table.
     pub fn from_toml(text: &str) -> Result<Thresholds, String> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            thresholds: Option<Thresholds>,
+        let mut file: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut t = Thresholds::default();
+        if let Some(other) = file.keys().find(|k| *k != "thresholds") {
+            return Err(format!(
+                "unknown table or key `{other}` (the file has one table, [thresholds])"
+            ));
         }
-        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
-        Ok(file.thresholds.unwrap_or_default())
+        let Some(table) = file.remove("thresholds") else {
+            return Ok(t);
+        };
+        let toml::Value::Table(table) = table else {
+            return Err("`thresholds` must be a table".into());
+        };
+        for (key, value) in table {
+            t.assign(&key, value)?;
+        }
+        Ok(t)
     }
 
     /// Applies one `KEY=VALUE` override.
@@ -125,51 +159,54 @@ impl Thresholds {
         let (key, value) = assignment
             .split_once('=')
             .ok_or_else(|| format!("`{assignment}`: expected KEY=VALUE"))?;
-        let mut table = toml::Table::new();
         let v: toml::Value = value
             .trim()
             .parse::<i64>()
             .map(toml::Value::Integer)
             .or_else(|_| value.trim().parse::<f64>().map(toml::Value::Float))
             .map_err(|_| format!("`{assignment}`: {value} is not a number"))?;
-        // Merge over the current values so one key changes.
-        let current = toml::Value::try_from(&*self).map_err(|e| e.to_string())?;
-        if let toml::Value::Table(t) = current {
-            table = t;
-        }
-        let key = key.trim().replace('-', "_");
-        let slot = table
-            .get_mut(&key)
+        self.assign(&key.trim().replace('-', "_"), v)
+    }
+
+    fn assign(&mut self, key: &str, value: toml::Value) -> Result<(), String> {
+        let p = param(key)
             .ok_or_else(|| format!("unknown threshold `{key}`; `detector rules` lists them"))?;
-        *slot = match (&*slot, v) {
-            (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
-            (toml::Value::Integer(_), toml::Value::Float(_)) => {
-                return Err(format!("`{key}` takes a whole number"))
-            }
-            (_, v) => v,
+        let v = match value {
+            toml::Value::Integer(i) => i as f64,
+            toml::Value::Float(f) if !p.whole => f,
+            toml::Value::Float(_) => return Err(format!("`{key}` takes a whole number")),
+            _ => return Err(format!("`{key}` takes a number")),
         };
-        *self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(format!("`{key}` must be a number of 0 or more"));
+        }
+        self.values.insert(p.key, v);
         Ok(())
     }
 }
 
-/// A rule in the rule book.
+/// A rule in the rule book: everything about it is declared in its own file, and it
+/// is registered in [`RULES`]. Adding one means its file, a line in `RULES`, its
+/// fixture case (tests/fixtures/cases) and its section in docs/rules.md.
 pub struct Rule {
     pub id: &'static str,
-    /// Case number in the runtime-misuse catalog.
-    pub catalog_case: u8,
+    /// Case number in the runtime-misuse catalog (None: beyond the catalog).
+    pub catalog_case: Option<u8>,
     pub title: &'static str,
     /// What the rule measures, in one line (shown by `detector rules`).
     pub observes: &'static str,
     /// The thresholds it reads.
-    pub thresholds: &'static [&'static str],
-    /// The counted calls it judges (catalog ids), to flag estimates in its evidence.
-    pub counts: &'static [&'static str],
-    judge: fn(&Collected, &Thresholds) -> Vec<Finding>,
+    pub params: &'static [&'static Param],
+    /// The probed APIs it judges (its counts are flagged as estimates in its evidence
+    /// when the overhead budget duty-cycled their probes).
+    pub needs: &'static [Api],
+    /// Its `-case` in the cases fixture, whose misuse variant must raise it and whose
+    /// fixed variant must not (the accuracy matrix).
+    pub fixture_case: &'static str,
+    pub judge: fn(&Collected, &Thresholds) -> Vec<Finding>,
 }
 
+/// The rule book, one line per rule.
 pub const RULES: &[Rule] = &[
     readmemstats::RULE,
     forcedgc::GC_RULE,
@@ -198,7 +235,7 @@ pub fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         .flat_map(|r| {
             let mut found = (r.judge)(c, t);
             for f in &mut found {
-                f.evidence.extend(sampling_notes(c, r.counts));
+                f.evidence.extend(sampling_notes(c, r.needs));
             }
             found
         })
@@ -209,10 +246,9 @@ pub fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 
 /// Evidence lines for counts that are estimates: the overhead budget kept their probes
 /// live for only part of the window (see `probes::budget`).
-fn sampling_notes(c: &Collected, funcs: &[&str]) -> Vec<String> {
-    funcs
-        .iter()
-        .filter_map(|f| c.calls_of(f))
+fn sampling_notes(c: &Collected, apis: &[Api]) -> Vec<String> {
+    apis.iter()
+        .filter_map(|a| c.calls_of(*a))
         .filter_map(|s| {
             let share = s.sampled?;
             Some(format!(
@@ -244,10 +280,10 @@ pub(crate) struct UserCalls<'a> {
 
 pub(crate) fn user_calls<'a>(
     c: &'a Collected,
-    func: &str,
+    api: Api,
     keep_arg: impl Fn(i64) -> bool,
 ) -> Option<UserCalls<'a>> {
-    let stats = c.calls_of(func)?;
+    let stats = c.calls_of(api)?;
     let mut sites: Vec<CallSite> = stats
         .sites
         .iter()
@@ -298,15 +334,15 @@ pub(crate) fn site_lines(stats: &CallStats, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// The activity `func` when it ran in every tick of a window at least `min_window_s`
+/// The activity `api` when it ran in every tick of a window at least `min_window_s`
 /// long and nothing stopped it (`stopped`): a setting left on, not a bounded window.
-pub(crate) fn on_throughout<'a>(
-    c: &'a Collected,
-    func: &str,
+pub(crate) fn on_throughout(
+    c: &Collected,
+    api: Api,
     stopped: bool,
     min_window_s: f64,
-) -> Option<&'a CallStats> {
-    let a = c.calls_of(func)?;
+) -> Option<&CallStats> {
+    let a = c.calls_of(api)?;
     (c.duration_s >= min_window_s && a.calls > 0 && !stopped && active_fraction(&a.per_tick) >= 1.0)
         .then_some(a)
 }
@@ -401,39 +437,48 @@ mod tests {
 
     #[test]
     fn thresholds_from_toml_and_flags() {
+        let caller = &caller::CALLER_PER_SECOND;
         let t = Thresholds::from_toml("[thresholds]\ncaller_per_second = 50\n").unwrap();
-        assert_eq!(t.caller_per_second, 50.0);
-        assert_eq!(t.periodic_min_calls, 2);
+        assert_eq!(t.get(caller), 50.0);
+        assert_eq!(t.count(&shared::PERIODIC_MIN_CALLS), 2);
         assert!(Thresholds::from_toml("[thresholds]\nno_such = 1\n").is_err());
+        assert!(Thresholds::from_toml("[other]\ncaller_per_second = 1\n").is_err());
+        assert!(Thresholds::from_toml("[thresholds]\ncaller_per_second = \"x\"\n").is_err());
         let mut t = Thresholds::default();
         t.set("trace-max-window-s=2").unwrap();
         t.set("periodic_min_calls=5").unwrap();
-        assert_eq!(t.trace_max_window_s, 2.0);
-        assert_eq!(t.periodic_min_calls, 5);
+        assert_eq!(t.get(&trace::TRACE_MAX_WINDOW_S), 2.0);
+        assert_eq!(t.count(&shared::PERIODIC_MIN_CALLS), 5);
         assert!(t.set("periodic_min_calls=1.5").is_err());
+        assert!(t.set("caller_per_second=-1").is_err());
         assert!(t.set("nope=1").is_err());
         assert!(t.set("caller_per_second").is_err());
     }
 
     #[test]
-    fn every_rule_has_a_unique_id_and_known_thresholds() {
-        let keys = match toml::Value::try_from(Thresholds::default()).unwrap() {
-            toml::Value::Table(t) => t,
-            _ => unreachable!(),
-        };
+    fn every_rule_has_a_unique_id_and_its_own_declared_thresholds() {
         let mut ids: Vec<_> = RULES.iter().map(|r| r.id).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), RULES.len());
+        // A key declared twice must be the same parameter (one default, one meaning).
         for r in RULES {
-            for k in r.thresholds {
-                assert!(keys.contains_key(*k), "{}: unknown threshold {k}", r.id);
+            assert!(!r.needs.is_empty(), "{}: needs no probed API", r.id);
+            assert!(!r.fixture_case.is_empty(), "{}: no fixture case", r.id);
+            for p in r.params {
+                let first = param(p.key).unwrap();
+                assert!(
+                    first.default == p.default && first.doc == p.doc && first.whole == p.whole,
+                    "{}: threshold {} declared twice with different meanings",
+                    r.id,
+                    p.key
+                );
             }
         }
         // Every catalog case is covered by a rule or listed as not observable.
         for case in 1..=14u8 {
             assert!(
-                RULES.iter().any(|r| r.catalog_case == case)
+                RULES.iter().any(|r| r.catalog_case == Some(case))
                     || NOT_OBSERVABLE.iter().any(|n| n.0 == case),
                 "catalog case {case}"
             );

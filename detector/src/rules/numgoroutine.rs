@@ -3,18 +3,29 @@
 //! place it was inlined into user code (the pclntab's inline tree) and puts a probe on
 //! the first instruction of the inlined body there.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, site_lines, user_calls, Finding, Rule, Thresholds,
+    active_fraction, cpu_severity, fmt_pct, shared, site_lines, user_calls, Finding, Param, Rule,
+    Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::Collected;
+
+pub const NUMGOROUTINE_PER_SECOND: Param = Param {
+    key: "numgoroutine_per_second",
+    default: 1000.0,
+    whole: false,
+    doc:
+        "executions per second of an inlined runtime.NumGoroutine in user code that make a finding",
+};
 
 pub const RULE: Rule = Rule {
     id: "numgoroutine-hot-loop",
-    catalog_case: 7,
+    catalog_case: Some(7),
     title: "runtime.NumGoroutine polled in a hot loop",
     observes: "executions per second of runtime.NumGoroutine's inlined body in user functions (probes placed through the pclntab inline tree)",
-    thresholds: &["numgoroutine_per_second", "sustained_fraction"],
-    counts: &["numgoroutine"],
+    params: &[&NUMGOROUTINE_PER_SECOND, &shared::SUSTAINED_FRACTION],
+    needs: &[Api::NumGoroutine],
     judge,
+    fixture_case: "numgoroutine",
 };
 
 /// A contended read of the scheduler's goroutine counters (cache-line transfers),
@@ -22,11 +33,11 @@ pub const RULE: Rule = Rule {
 const NS_PER_CALL: f64 = 200.0;
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(u) = user_calls(c, "numgoroutine", |_| true) else {
+    let Some(u) = user_calls(c, Api::NumGoroutine, |_| true) else {
         return vec![];
     };
-    if u.per_second < t.numgoroutine_per_second
-        || active_fraction(&u.stats.user_per_tick) < t.sustained_fraction
+    if u.per_second < t.get(&NUMGOROUTINE_PER_SECOND)
+        || active_fraction(&u.stats.user_per_tick) < t.get(&shared::SUSTAINED_FRACTION)
     {
         return vec![];
     }

@@ -3,23 +3,33 @@
 //! Every call stops the world (reason "read mem stats"). Once per scrape interval is
 //! harmless; per request or in a loop, the pauses land in every request's latency.
 use super::{
-    active_fraction, fmt_pct, pause_line, site_lines, Finding, Rule, Severity, Thresholds,
+    active_fraction, fmt_pct, pause_line, shared, site_lines, Finding, Param, Rule, Severity,
+    Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::{stw::READ_MEM_STATS, Collected};
+
+pub const READMEMSTATS_PER_SECOND: Param = Param {
+    key: "readmemstats_per_second",
+    default: 5.0,
+    whole: false,
+    doc: "ReadMemStats calls per second from user code that make a finding",
+};
 
 pub const RULE: Rule = Rule {
     id: "readmemstats-hot-path",
-    catalog_case: 1,
+    catalog_case: Some(1),
     title: "runtime.ReadMemStats on a hot path",
     observes:
         "calls to runtime.ReadMemStats by call site, and the pauses with reason \"read mem stats\"",
-    thresholds: &["readmemstats_per_second", "sustained_fraction"],
-    counts: &["readmemstats"],
+    params: &[&READMEMSTATS_PER_SECOND, &shared::SUSTAINED_FRACTION],
+    needs: &[Api::ReadMemStats],
     judge,
+    fixture_case: "readmemstats",
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(calls) = c.calls.iter().find(|s| s.func == "readmemstats") else {
+    let Some(calls) = c.calls_of(Api::ReadMemStats) else {
         return vec![];
     };
     let user_calls: u64 = calls
@@ -30,7 +40,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         .sum();
     let rate = user_calls as f64 / c.duration_s;
     let sustained = active_fraction(&calls.user_per_tick);
-    if rate < t.readmemstats_per_second || sustained < t.sustained_fraction {
+    if rate < t.get(&READMEMSTATS_PER_SECOND) || sustained < t.get(&shared::SUSTAINED_FRACTION) {
         return vec![];
     }
     let site = calls.sites.iter().find(|s| s.user_code).cloned();
@@ -43,7 +53,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         .unwrap_or_default();
     let severity = if wall >= 0.005 || p99 >= 1_000_000 {
         Severity::High
-    } else if rate >= 10.0 * t.readmemstats_per_second {
+    } else if rate >= 10.0 * t.get(&READMEMSTATS_PER_SECOND) {
         Severity::Medium
     } else {
         Severity::Low

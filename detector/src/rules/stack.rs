@@ -2,26 +2,28 @@
 //! runtime stops the world and formats every goroutine's stack; with all=false it
 //! only walks the caller's stack and is cheap, so only all=true calls count.
 use super::{
-    fmt_ns, fmt_pct, pause_line, pauses_with, periodic_line, site_lines, stw_severity, user_calls,
-    Finding, Rule, Thresholds,
+    fmt_ns, fmt_pct, pause_line, pauses_with, periodic_line, shared, site_lines, stw_severity,
+    user_calls, Finding, Rule, Thresholds,
 };
+use crate::apis::Api;
 use crate::collect::{stw::STACK_TRACE, Collected};
 
 pub const RULE: Rule = Rule {
     id: "stack-all-polling",
-    catalog_case: 6,
+    catalog_case: Some(6),
     title: "runtime.Stack(buf, true) polled",
     observes: "calls to runtime.Stack with all=true from user code, and the pauses with reason \"all goroutines stack trace\"",
-    thresholds: &["periodic_min_calls"],
-    counts: &["stack"],
+    params: &[&shared::PERIODIC_MIN_CALLS],
+    needs: &[Api::Stack],
     judge,
+    fixture_case: "stack-all",
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(u) = user_calls(c, "stack", |all| all != 0) else {
+    let Some(u) = user_calls(c, Api::Stack, |all| all != 0) else {
         return vec![];
     };
-    if u.calls < t.periodic_min_calls {
+    if u.calls < t.count(&shared::PERIODIC_MIN_CALLS) {
         return vec![];
     }
     let p = pauses_with(c, STACK_TRACE);

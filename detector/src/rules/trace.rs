@@ -3,25 +3,35 @@
 //! startup is seen without its Start call. On-demand windows (/debug/pprof/trace)
 //! last seconds; tracing through a whole window longer than `trace_max_window_s`
 //! with no stop is "always on".
-use super::{on_throughout, user_calls, Finding, Rule, Severity, Thresholds};
+use super::{on_throughout, user_calls, Finding, Param, Rule, Severity, Thresholds};
+use crate::apis::Api;
 use crate::collect::Collected;
+
+pub const TRACE_MAX_WINDOW_S: Param = Param {
+    key: "trace_max_window_s",
+    default: 10.0,
+    whole: false,
+    doc: "the execution tracer running continuously for longer than this (seconds) is \"always on\" rather than an on-demand window",
+};
 
 pub const RULE: Rule = Rule {
     id: "trace-always-on",
-    catalog_case: 10,
+    catalog_case: Some(10),
     title: "execution tracer always on",
     observes: "the execution tracer's reader active (runtime.readTrace0 / ReadTrace) in every second of a window longer than an on-demand trace, with no trace.Stop",
-    thresholds: &["trace_max_window_s"],
-    counts: &["tracereader", "starttrace", "tracestart", "tracestop"],
+    params: &[&TRACE_MAX_WINDOW_S],
+    needs: &[Api::TraceReader, Api::StartTrace, Api::TraceStart, Api::TraceStop],
     judge,
+    fixture_case: "trace",
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let stopped = c.calls_of("tracestop").is_some_and(|s| s.calls > 0);
-    let Some(reader) = on_throughout(c, "tracereader", stopped, t.trace_max_window_s) else {
+    let stopped = c.calls_of(Api::TraceStop).is_some_and(|s| s.calls > 0);
+    let Some(reader) = on_throughout(c, Api::TraceReader, stopped, t.get(&TRACE_MAX_WINDOW_S))
+    else {
         return vec![];
     };
-    let start = user_calls(c, "tracestart", |_| true);
+    let start = user_calls(c, Api::TraceStart, |_| true);
     let site = start.as_ref().and_then(|s| s.sites.first().cloned());
     let mut evidence = vec![format!(
         "the tracer's reader ran in every one of the {} seconds watched ({} reads), and trace.Stop was never called",

@@ -538,7 +538,7 @@ fn export(w: &Watched, b: &WatchedBinary) -> ProcExport {
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
     for (k, v) in &latest.calls {
         if let Some(p) = b.plan.call_probes.get(k.probe as usize) {
-            *calls.entry(p.func.to_string()).or_default() += v;
+            *calls.entry(p.api.id().to_string()).or_default() += v;
         }
     }
     let mut pauses: BTreeMap<String, StwStats> = BTreeMap::new();

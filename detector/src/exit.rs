@@ -1,35 +1,65 @@
-//! Exit codes: designed, documented (README "Exit codes"), one per cause.
+//! Exit codes: designed, documented (README "Exit codes"), one per cause. A leaf: it
+//! knows no other module; each error type says which code it ends with, next to the
+//! error (`target`, `probes::attach`).
 use std::process::ExitCode;
 
-use crate::{gobin::AnalysisError, probes::attach::ProbeError, target::TargetError};
+/// Why detector exits, as its exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Code {
+    NoFindings = 0,
+    /// `diagnose` made findings.
+    Findings = 1,
+    /// Bad command line (clap's own code).
+    Usage = 2,
+    NoSuchProcess = 3,
+    NotGo = 4,
+    /// Not ELF, not amd64, or a corrupt binary.
+    UnsupportedBinary = 5,
+    UnsupportedGoVersion = 6,
+    NoPrivileges = 7,
+    TargetExited = 8,
+    /// The kernel refused to load or attach the probes.
+    BpfFailed = 9,
+    /// Anything else (I/O errors writing output, ...).
+    Other = 10,
+    /// `watch` could not listen on its address (in use, or not allowed).
+    ListenFailed = 11,
+}
 
-pub const NO_FINDINGS: u8 = 0;
-pub const FINDINGS: u8 = 1;
-/// Bad command line (clap's own code).
-pub const USAGE: u8 = 2;
-pub const NO_SUCH_PROCESS: u8 = 3;
-pub const NOT_GO: u8 = 4;
-/// Not ELF, not amd64, or a corrupt binary.
-pub const UNSUPPORTED_BINARY: u8 = 5;
-pub const UNSUPPORTED_GO_VERSION: u8 = 6;
-pub const NO_PRIVILEGES: u8 = 7;
-pub const TARGET_EXITED: u8 = 8;
-/// The kernel refused to load or attach the probes.
-pub const BPF_FAILED: u8 = 9;
-/// Anything else (I/O errors writing output, ...).
-pub const OTHER: u8 = 10;
-/// `watch` could not listen on its address (in use, or not allowed).
-pub const LISTEN_FAILED: u8 = 11;
+impl Code {
+    /// Every code, in order (the README's table).
+    pub const ALL: [Code; 12] = [
+        Code::NoFindings,
+        Code::Findings,
+        Code::Usage,
+        Code::NoSuchProcess,
+        Code::NotGo,
+        Code::UnsupportedBinary,
+        Code::UnsupportedGoVersion,
+        Code::NoPrivileges,
+        Code::TargetExited,
+        Code::BpfFailed,
+        Code::Other,
+        Code::ListenFailed,
+    ];
+}
+
+impl From<Code> for ExitCode {
+    fn from(c: Code) -> ExitCode {
+        ExitCode::from(c as u8)
+    }
+}
 
 /// An error that ends the program: a one-line message and its exit code.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: u8,
+    pub code: Code,
     pub message: String,
 }
 
 impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -40,42 +70,18 @@ impl Failure {
         // Not eprintln!: it panics when stderr cannot be written (a full disk).
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "detector: error: {}", self.message);
-        ExitCode::from(self.code)
+        self.code.into()
     }
 }
 
-pub fn analysis_code(e: &AnalysisError) -> u8 {
-    match e {
-        AnalysisError::NotGo => NOT_GO,
-        AnalysisError::UnsupportedGoVersion { .. } => UNSUPPORTED_GO_VERSION,
-        AnalysisError::Io { .. } => OTHER,
-        _ => UNSUPPORTED_BINARY,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<AnalysisError> for Failure {
-    fn from(e: AnalysisError) -> Self {
-        Failure::new(analysis_code(&e), e.to_string())
-    }
-}
-
-impl From<TargetError> for Failure {
-    fn from(e: TargetError) -> Self {
-        let code = match &e {
-            TargetError::NoSuchProcess(_) => NO_SUCH_PROCESS,
-            TargetError::Exe { .. } => NO_PRIVILEGES,
-            TargetError::Analysis { source, .. } => analysis_code(source),
-        };
-        Failure::new(code, e.to_string())
-    }
-}
-
-impl From<ProbeError> for Failure {
-    fn from(e: ProbeError) -> Self {
-        let code = match &e {
-            ProbeError::Privileges { .. } => NO_PRIVILEGES,
-            _ => BPF_FAILED,
-        };
-        Failure::new(code, e.to_string())
+    #[test]
+    fn exit_codes_are_distinct_and_in_order() {
+        for (i, c) in Code::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
     }
 }

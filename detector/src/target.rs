@@ -7,7 +7,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::gobin::{AnalysisError, GoBinary};
+use crate::{
+    exit::{Code, Failure},
+    gobin::{AnalysisError, GoBinary},
+};
 
 #[derive(thiserror::Error, Debug)]
 pub enum TargetError {
@@ -194,4 +197,31 @@ fn load_bias(pid: u32, exe: &Path) -> Option<u64> {
     let file = object::File::parse(&*data).ok()?;
     let lowest = file.segments().map(|s| s.address()).min()?;
     Some(start.wrapping_sub(lowest & !0xfff))
+}
+
+/// The exit code a binary that cannot be analysed ends `detector` with.
+pub fn analysis_code(e: &AnalysisError) -> Code {
+    match e {
+        AnalysisError::NotGo => Code::NotGo,
+        AnalysisError::UnsupportedGoVersion { .. } => Code::UnsupportedGoVersion,
+        AnalysisError::Io { .. } => Code::Other,
+        _ => Code::UnsupportedBinary,
+    }
+}
+
+impl From<AnalysisError> for Failure {
+    fn from(e: AnalysisError) -> Self {
+        Failure::new(analysis_code(&e), e.to_string())
+    }
+}
+
+impl From<TargetError> for Failure {
+    fn from(e: TargetError) -> Self {
+        let code = match &e {
+            TargetError::NoSuchProcess(_) => Code::NoSuchProcess,
+            TargetError::Exe { .. } => Code::NoPrivileges,
+            TargetError::Analysis { source, .. } => analysis_code(source),
+        };
+        Failure::new(code, e.to_string())
+    }
 }

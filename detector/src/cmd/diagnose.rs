@@ -47,7 +47,7 @@ fn install_signal_handlers() {
 
 fn exited(pid: u32, after: Duration) -> Failure {
     Failure::new(
-        exit::TARGET_EXITED,
+        exit::Code::TargetExited,
         format!(
             "process {pid} exited {:.1} s into the diagnosis; probes are detached and no report is made: diagnose a process that keeps running for the whole --duration",
             after.as_secs_f64()
@@ -55,7 +55,7 @@ fn exited(pid: u32, after: Duration) -> Failure {
     )
 }
 
-pub fn run(o: Options) -> Result<u8, Failure> {
+pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
     let target = Target::open(o.pid)?;
     let info = target.binary.info().clone();
     let version = info.go_version.ok_or_else(|| {
@@ -153,9 +153,9 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     let collected = collect::summarize(&target, &plan, &samples, started);
     let findings = rules::judge(&collected, &o.thresholds);
     let code = if findings.is_empty() {
-        exit::NO_FINDINGS
+        exit::Code::NoFindings
     } else {
-        exit::FINDINGS
+        exit::Code::Findings
     };
     let diagnosis = Diagnosis::new(&target, probes, findings, collected);
     let text = match o.format {
@@ -163,7 +163,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&diagnosis)
-                .map_err(|e| Failure::new(exit::OTHER, e.to_string()))?
+                .map_err(|e| Failure::new(exit::Code::Other, e.to_string()))?
         ),
     };
     let written = super::write_stdout(&text);

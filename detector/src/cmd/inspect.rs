@@ -9,12 +9,12 @@ use crate::{
     report::{render_inspection, FunctionReport, Inspection},
 };
 
-pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
+pub fn run(path: &Path, format: Format) -> Result<crate::exit::Code, Failure> {
     let bin = GoBinary::open(path)?;
     let info = bin.info().clone();
     let version = info.go_version.ok_or_else(|| {
         Failure::new(
-            crate::exit::UNSUPPORTED_GO_VERSION,
+            crate::exit::Code::UnsupportedGoVersion,
             format!(
                 "cannot tell the Go version of {} (no build info; a development toolchain?)",
                 path.display()
@@ -123,9 +123,9 @@ pub fn run(path: &Path, format: Format) -> Result<u8, Failure> {
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&inspection)
-                .map_err(|e| Failure::new(crate::exit::OTHER, e.to_string()))?
+                .map_err(|e| Failure::new(crate::exit::Code::Other, e.to_string()))?
         ),
     };
     super::write_stdout(&text)?;
-    Ok(crate::exit::NO_FINDINGS)
+    Ok(crate::exit::Code::NoFindings)
 }

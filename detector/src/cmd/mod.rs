@@ -24,18 +24,19 @@ pub fn thresholds(config: Option<&Path>, sets: &[String]) -> Result<Thresholds, 
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
                 Failure::new(
-                    exit::USAGE,
+                    exit::Code::Usage,
                     format!("cannot read config {}: {e}", p.display()),
                 )
             })?;
-            Thresholds::from_toml(&text)
-                .map_err(|e| Failure::new(exit::USAGE, format!("config {}: {e}", p.display())))?
+            Thresholds::from_toml(&text).map_err(|e| {
+                Failure::new(exit::Code::Usage, format!("config {}: {e}", p.display()))
+            })?
         }
         None => Thresholds::default(),
     };
     for s in sets {
         t.set(s)
-            .map_err(|e| Failure::new(exit::USAGE, format!("--set {e}")))?;
+            .map_err(|e| Failure::new(exit::Code::Usage, format!("--set {e}")))?;
     }
     Ok(t)
 }
@@ -47,7 +48,7 @@ pub fn write_stdout(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| Failure::new(exit::OTHER, format!("cannot write to stdout: {e}")))
+        .map_err(|e| Failure::new(exit::Code::Other, format!("cannot write to stdout: {e}")))
 }
 
 /// Parses "10s", "500ms", "2m", "1.5s" or a bare number of seconds.

@@ -26,7 +26,7 @@ fn value(p: &Param, v: f64) -> serde_json::Value {
     }
 }
 
-pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
+pub fn run(t: &Thresholds, format: Format) -> Result<crate::exit::Code, Failure> {
     let rows: Vec<RuleRow> = RULES
         .iter()
         .map(|r| RuleRow {
@@ -79,5 +79,5 @@ pub fn run(t: &Thresholds, format: Format) -> Result<u8, Failure> {
             super::write_stdout(&o)?;
         }
     }
-    Ok(exit::NO_FINDINGS)
+    Ok(exit::Code::NoFindings)
 }

@@ -26,6 +26,7 @@ use super::{
     plan::{Plan, PlannedProbe, Program},
     uprobe,
 };
+use crate::exit::{Code, Failure};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
 
@@ -639,5 +640,15 @@ impl Probes {
             }
         }
         snap
+    }
+}
+
+impl From<ProbeError> for Failure {
+    fn from(e: ProbeError) -> Self {
+        let code = match &e {
+            ProbeError::Privileges { .. } => Code::NoPrivileges,
+            _ => Code::BpfFailed,
+        };
+        Failure::new(code, e.to_string())
     }
 }

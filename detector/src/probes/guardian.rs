@@ -339,7 +339,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 /// The guardian's main loop (`detector __guardian`): serves one detector until it
 /// goes away, then closes every uprobe it still holds. Returns the exit code.
-pub fn serve() -> u8 {
+pub fn serve() -> crate::exit::Code {
     // SAFETY: fd 3 is only borrowed until it is known to be open and a socket.
     let is_ours = unsafe { libc::fcntl(SOCKET_FD, libc::F_GETFD) } >= 0
         && rustix::net::sockopt::socket_type(unsafe { BorrowedFd::borrow_raw(SOCKET_FD) })
@@ -350,7 +350,7 @@ pub fn serve() -> u8 {
             io::stderr(),
             "detector: error: `{SUBCOMMAND}` is started by detector itself, not by hand"
         );
-        return crate::exit::USAGE;
+        return crate::exit::Code::Usage;
     }
     // SAFETY: fd 3 is the socket `Guardian::start` passed, and ours alone.
     let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
@@ -425,7 +425,7 @@ pub fn serve() -> u8 {
         }
     }
     drop(held);
-    0
+    crate::exit::Code::NoFindings
 }
 
 /// A pidfd of the detector this guardian serves (`--for PID`), when it is still our

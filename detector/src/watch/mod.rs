@@ -44,7 +44,7 @@ struct Http {
     interval: Duration,
 }
 
-pub fn run(o: Options) -> Result<u8, Failure> {
+pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
     attach::check_privileges()?;
     if let Some(w) = attach::watch_privilege_warning() {
         // Not eprintln!: it panics when stderr cannot be written (a full disk).
@@ -55,7 +55,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     // Bind before anything runs in the background: a busy port is a clean error.
     let listener = std::net::TcpListener::bind(o.listen).map_err(|e| {
         Failure::new(
-            exit::LISTEN_FAILED,
+            exit::Code::ListenFailed,
             format!(
                 "cannot listen on {}: {e}; pick another address with --listen (another detector watch may be running)",
                 o.listen
@@ -64,10 +64,10 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     })?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| Failure::new(exit::LISTEN_FAILED, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::Code::ListenFailed, e.to_string()))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Failure::new(exit::OTHER, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::Code::Other, e.to_string()))?;
     // Not eprintln!: it panics when stderr cannot be written (a full disk).
     use std::io::Write;
     let _ = writeln!(
@@ -83,7 +83,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
     let collector = std::thread::Builder::new()
         .name("collect".into())
         .spawn(move || agent.run(&loop_stop))
-        .map_err(|e| Failure::new(exit::OTHER, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::Code::Other, e.to_string()))?;
 
     let http = Http {
         registry: Arc::new(metrics::registry(state.clone())),
@@ -94,7 +94,7 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(exit::OTHER, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::Code::Other, e.to_string()))?;
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = Router::new()
@@ -113,8 +113,8 @@ pub fn run(o: Options) -> Result<u8, Failure> {
         std::io::stderr(),
         "detector watch: stopped, probes detached"
     );
-    served.map_err(|e| Failure::new(exit::OTHER, format!("HTTP server: {e}")))?;
-    Ok(exit::NO_FINDINGS)
+    served.map_err(|e| Failure::new(exit::Code::Other, format!("HTTP server: {e}")))?;
+    Ok(exit::Code::NoFindings)
 }
 
 async fn shutdown_signal() {

@@ -13,5 +13,6 @@ pub mod gobin;
 pub mod probes;
 pub mod report;
 pub mod rules;
+pub mod session;
 pub mod target;
 pub mod watch;

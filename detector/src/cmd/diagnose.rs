@@ -1,22 +1,18 @@
 //! `detector diagnose --pid N`: attach, watch for a window, detach, judge, report.
 use std::{
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use super::Format;
 use crate::{
-    collect::{self, Sample},
     exit::{self, Failure},
     gobin::AnalysisError,
-    probes::{
-        attach::{self, Snapshot},
-        budget::{Budget, DutyCycle, Extrapolator},
-        plan,
-    },
-    report::{render_diagnosis, Diagnosis, ProbeInfo},
-    rules::{self, Thresholds},
-    target::{self, Target},
+    probes::{attach, budget::Budget, plan},
+    report::render_diagnosis,
+    rules::Thresholds,
+    session::{self, Host},
+    target::Target,
 };
 
 pub struct Options {
@@ -29,6 +25,9 @@ pub struct Options {
 
 /// Maps are read once per tick: rates and "sustained" are judged on these ticks.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How often the duty cycle looks for probes that turned hot between ticks.
+const LOOK: Duration = Duration::from_millis(50);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -72,92 +71,49 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
     attach::check_privileges()?;
 
     let plan = plan::plan(&target.binary, version);
-    let mut attached = match attach::attach(&plan, &target.exe_path, Some(o.pid)) {
-        Ok(a) => a,
+    let mut host: Host<()> = Host::new(attach::Probes::load()?, o.budget, TICK);
+    match host.attach((), plan, &target.exe_path, Some(o.pid)) {
+        Ok(_) => {}
         Err(_) if !target.alive() => return Err(exited(o.pid, Duration::ZERO)),
         Err(e) => return Err(e.into()),
-    };
+    }
     // Gone while the probes went in: said at once, not at the first look in the loop.
     if !target.alive() {
         return Err(exited(o.pid, Duration::ZERO));
     }
     install_signal_handlers();
-    // The window starts once every probe is in: counting from a baseline taken now
-    // keeps calls and pauses from half-attached moments out of the numbers.
-    let baseline = attached.snapshot();
+    // The window starts once every probe is in: counting from this first tick keeps
+    // calls and pauses from half-attached moments out of the numbers.
     let start = Instant::now();
-    let started = SystemTime::now();
-    let cpu_start = target::cpu_seconds(o.pid);
-    let mut duty = DutyCycle::new(&plan, attached.parts().1, 0, o.budget, TICK, start);
-    let mut extrapolate = Extrapolator::default();
-    let on_start = duty.on_seconds(start);
-    extrapolate.update(&Snapshot::default(), &on_start, start);
-    let mut samples = Vec::new();
+    let end = start + o.duration;
+    let mut ticks = vec![host.tick(start).process((), &target)];
     let mut next_tick = start + TICK;
+    let interrupted = || INTERRUPTED.load(Ordering::SeqCst);
     loop {
-        let wake = duty.next_deadline().map_or(next_tick, |d| d.min(next_tick));
-        let nap = wake.saturating_duration_since(Instant::now());
-        std::thread::sleep(nap.min(Duration::from_millis(50)));
+        host.wait(next_tick.min(end), LOOK, || {
+            interrupted() || !target.alive()
+        });
         let now = Instant::now();
         if !target.alive() {
             return Err(exited(o.pid, now - start));
         }
-        {
-            let (probes, live) = attached.parts();
-            duty.cut_surges(now, probes, live);
-            duty.poll(now, probes, live);
-        }
-        let done = now - start >= o.duration || INTERRUPTED.load(Ordering::SeqCst);
-        let tick = now >= next_tick || done;
-        let due = duty.due(now) && !done;
-        if !tick && !due {
-            continue;
-        }
-        let raw = attached.snapshot();
-        if tick {
-            let on = duty.on_seconds(now);
-            for (probe, rate) in duty.take_surges() {
-                extrapolate.surged(probe, rate);
-            }
-            samples.push(Sample {
-                at_s: (now - start).as_secs_f64(),
-                snap: extrapolate.update(&raw.since(&baseline), &on, now),
-                cpu_s: cpu_start
-                    .zip(target::cpu_seconds(o.pid))
-                    .map(|(a, b)| (b - a).max(0.0)),
-                cpu_profile_hz: target.cpu_profile_hz(),
-                on_s: on
-                    .iter()
-                    .map(|(id, s)| (*id, s - on_start.get(id).unwrap_or(&0.0)))
-                    .collect(),
-            });
+        ticks.push(host.tick(now).process((), &target));
+        while next_tick <= now {
             next_tick += TICK;
         }
-        if due {
-            let (probes, live) = attached.parts();
-            duty.evaluate(now, &raw, &plan, probes, live);
-        }
-        if done {
+        if now >= end || interrupted() {
             break;
         }
     }
-    let probes = ProbeInfo {
-        attached: attached.attached,
-        failed: attached.failures.clone(),
-        skipped: plan.skipped.clone(),
-        overhead_budget_percent: o.budget.share_of_core * 100.0,
-    };
     // The report comes first: unregistering uprobes waits on the kernel (about 0.1 s
     // per probe under load), so the probes are detached after it is printed.
-
-    let collected = collect::summarize(&target, &plan, &samples, started);
-    let findings = rules::judge(&collected, &o.thresholds);
-    let code = if findings.is_empty() {
+    let session = host.session(()).expect("attached above");
+    let diagnosis = session::judge(&target, session, &ticks, &o.thresholds, o.budget);
+    let code = if diagnosis.findings.is_empty() {
         exit::Code::NoFindings
     } else {
         exit::Code::Findings
     };
-    let diagnosis = Diagnosis::new(&target, probes, findings, collected);
     let text = match o.format {
         Format::Text => render_diagnosis(&diagnosis),
         Format::Json => format!(
@@ -167,7 +123,7 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
         ),
     };
     let written = super::write_stdout(&text);
-    drop(attached);
+    drop(host);
     written?;
     Ok(code)
 }

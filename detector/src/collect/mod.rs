@@ -5,7 +5,7 @@ pub mod stw;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use detector_common::{StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG};
@@ -20,6 +20,43 @@ use crate::{
     target::Target,
 };
 pub use stw::Reason;
+
+/// What one tick saw of one process: cumulative since its probes went in.
+#[derive(Clone, Debug)]
+pub struct Tick {
+    pub at: Instant,
+    /// Its kernel entries, call probe ids local to its binary's plan (estimates for
+    /// duty-cycled probes).
+    pub snap: Snapshot,
+    /// CPU seconds the process has used, when readable.
+    pub cpu_s: Option<f64>,
+    /// The CPU profiling rate in effect (`runtime.prof.hz`), when readable.
+    pub cpu_profile_hz: Option<i32>,
+    /// Live seconds of each duty-cycled call probe (local ids).
+    pub on_s: HashMap<u32, f64>,
+}
+
+/// The samples of the window that `ticks` (oldest first) span: each later tick's
+/// counts since the first.
+pub fn window(ticks: &[Tick]) -> Vec<Sample> {
+    let Some(first) = ticks.first() else {
+        return vec![];
+    };
+    ticks[1..]
+        .iter()
+        .map(|t| Sample {
+            at_s: t.at.duration_since(first.at).as_secs_f64(),
+            snap: t.snap.since(&first.snap),
+            cpu_s: first.cpu_s.zip(t.cpu_s).map(|(a, b)| (b - a).max(0.0)),
+            cpu_profile_hz: t.cpu_profile_hz,
+            on_s: t
+                .on_s
+                .iter()
+                .map(|(id, s)| (*id, s - first.on_s.get(id).copied().unwrap_or(*s)))
+                .collect(),
+        })
+        .collect()
+}
 
 /// A snapshot and when it was taken (seconds since the window started).
 pub struct Sample {

@@ -157,16 +157,6 @@ pub struct AttachedPlan {
     pub failures: Vec<(String, String)>,
 }
 
-/// Loaded programs with one plan attached (what `diagnose` uses).
-pub struct Attached {
-    probes: Probes,
-    plan: AttachedPlan,
-    /// Probes attached.
-    pub attached: usize,
-    /// Probes that failed to attach: (symbol, error).
-    pub failures: Vec<(String, String)>,
-}
-
 /// What the kernel side has counted so far (cumulative since attach).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -182,20 +172,6 @@ const PROGRAMS: [Program; 5] = [
     Program::StwEnd,
     Program::ForcedGcExit,
 ];
-
-/// Loads the object, then attaches every planned probe to `target` (a path the kernel
-/// can open: `/proc/PID/exe` reaches binaries inside containers and deleted ones),
-/// for process `pid` only, or for every process running the file when `pid` is None.
-pub fn attach(plan: &Plan, target: &Path, pid: Option<u32>) -> Result<Attached, ProbeError> {
-    let mut probes = Probes::load()?;
-    let a = probes.attach_plan(plan, target, pid, 0)?;
-    Ok(Attached {
-        probes,
-        attached: a.attached,
-        failures: a.failures.clone(),
-        plan: a,
-    })
-}
 
 impl Probes {
     /// Loads and verifies every program (no probe attached yet).
@@ -590,25 +566,6 @@ impl Snapshot {
             *e = e.saturating_sub(*b);
         }
         Snapshot { calls, stw, errors }
-    }
-}
-
-impl Attached {
-    /// Reads every map, summing the per-CPU slots.
-    pub fn snapshot(&self) -> Snapshot {
-        self.probes.snapshot()
-    }
-
-    /// The loaded object and the attached plan, for the duty cycle.
-    pub fn parts(&mut self) -> (&mut Probes, &mut AttachedPlan) {
-        (&mut self.probes, &mut self.plan)
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        let plan = std::mem::take(&mut self.plan);
-        self.probes.detach(plan);
     }
 }
 

@@ -8,23 +8,24 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use detector_common::StwStats;
 
 use super::discover::{self, BinaryKey, Filter, Proc};
 use crate::{
-    collect::{self, Sample},
+    collect::{self, Tick},
     gobin::GoBinary,
     probes::{
-        attach::{self, AttachedPlan, Probes, Snapshot},
-        budget::{Budget, DutyCycle, Extrapolator},
-        plan::{self, Plan},
+        attach::{self, Probes},
+        budget::Budget,
+        plan,
     },
-    report::{Diagnosis, ProbeInfo},
-    rules::{self, Severity, Thresholds},
-    target::{self, Target},
+    report::Diagnosis,
+    rules::{Severity, Thresholds},
+    session::{self, Host, Session},
+    target::Target,
 };
 
 pub struct Config {
@@ -92,19 +93,13 @@ pub struct Exported {
     pub last_tick: Option<Instant>,
 }
 
+/// What is known of a binary some process runs.
 enum Binary {
-    Watched(Box<WatchedBinary>),
+    /// Analysed and attached: its session is in the host under the same key.
+    Watched(Arc<GoBinary>),
     /// Not a Go binary, unsupported, or failed to attach: remembered so it is not
     /// analysed again while processes run it.
     Ignored,
-}
-
-struct WatchedBinary {
-    binary: Arc<GoBinary>,
-    plan: Plan,
-    id_base: u32,
-    attached: AttachedPlan,
-    duty: DutyCycle,
 }
 
 struct Watched {
@@ -113,7 +108,7 @@ struct Watched {
     target: Target,
     container_id: String,
     /// Oldest first.
-    samples: VecDeque<Tick>,
+    ticks: VecDeque<Tick>,
     /// The last judgement: findings and the report.
     judged: Option<Judgement>,
 }
@@ -121,24 +116,14 @@ struct Watched {
 /// A process's findings (rule, severity) and its report, as last judged.
 type Judgement = (Vec<(String, Severity)>, Arc<Diagnosis>);
 
-/// What one tick saw of one process.
-struct Tick {
-    at: Instant,
-    /// Cumulative counts of this process (estimates for duty-cycled probes).
-    snap: Snapshot,
-    cpu_s: Option<f64>,
-    cpu_profile_hz: Option<i32>,
-    /// Cumulative live seconds of each call probe of its binary (local ids).
-    on_s: HashMap<u32, f64>,
-}
+/// How often the duty cycles look for probes that turned hot between ticks.
+const LOOK: Duration = Duration::from_millis(250);
 
 pub struct Agent {
     cfg: Config,
-    probes: Probes,
+    host: Host<BinaryKey>,
     binaries: HashMap<BinaryKey, Binary>,
     procs: HashMap<u32, Watched>,
-    next_id_base: u32,
-    extrapolate: Extrapolator,
     stats: SelfStats,
     shared: Arc<Mutex<Exported>>,
 }
@@ -146,12 +131,10 @@ pub struct Agent {
 impl Agent {
     pub fn new(cfg: Config, probes: Probes, shared: Arc<Mutex<Exported>>) -> Agent {
         Agent {
+            host: Host::new(probes, cfg.budget, cfg.interval),
             cfg,
-            probes,
             binaries: HashMap::new(),
             procs: HashMap::new(),
-            next_id_base: 0,
-            extrapolate: Extrapolator::default(),
             stats: SelfStats::default(),
             shared,
         }
@@ -163,151 +146,59 @@ impl Agent {
             let t0 = Instant::now();
             self.tick();
             self.stats.last_tick_seconds = t0.elapsed().as_secs_f64();
-            let deadline = t0 + self.cfg.interval;
-            while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                let wake = self
-                    .next_duty_deadline()
-                    .map_or(deadline, |d| d.min(deadline));
-                let nap = wake.saturating_duration_since(Instant::now());
-                // Wake for duty-cycle deadlines, and often enough to see `stop`.
-                std::thread::sleep(nap.min(Duration::from_millis(250)));
-                self.run_duty_cycles(Instant::now(), None);
-            }
+            self.host
+                .wait(t0 + self.cfg.interval, LOOK, || stop.load(Ordering::SeqCst));
         }
-        // Detach explicitly, binary by binary, before the object goes.
-        let binaries = std::mem::take(&mut self.binaries);
-        self.probes
-            .detach_many(binaries.into_values().filter_map(|b| match b {
-                Binary::Watched(w) => Some(w.attached),
-                Binary::Ignored => None,
-            }));
-    }
-
-    fn next_duty_deadline(&self) -> Option<Instant> {
-        self.binaries
-            .values()
-            .filter_map(|b| match b {
-                Binary::Watched(w) => w.duty.next_deadline_between_ticks(),
-                Binary::Ignored => None,
-            })
-            .min()
-    }
-
-    /// Ends live phases that are over and runs the evaluations that are due. Between
-    /// ticks (`raw` None) only a new binary's first evaluation reads the maps; the
-    /// others wait for the tick's snapshot (`raw`).
-    fn run_duty_cycles(&mut self, now: Instant, raw: Option<&Snapshot>) {
-        let due = self.binaries.values().any(|b| match b {
-            Binary::Watched(w) => w.duty.probation_due(now),
-            Binary::Ignored => false,
-        });
-        let ticked = raw.is_some();
-        let fresh;
-        let raw = match raw {
-            Some(r) => Some(r),
-            None if due => {
-                fresh = self.probes.snapshot();
-                Some(&fresh)
-            }
-            None => None,
-        };
-        for b in self.binaries.values_mut() {
-            let Binary::Watched(w) = b else { continue };
-            let w = &mut **w;
-            w.duty.cut_surges(now, &mut self.probes, &mut w.attached);
-            w.duty.poll(now, &mut self.probes, &mut w.attached);
-            let due = if ticked {
-                w.duty.due(now)
-            } else {
-                w.duty.probation_due(now)
-            };
-            if let Some(raw) = raw.filter(|_| due) {
-                w.duty
-                    .evaluate(now, raw, &w.plan, &mut self.probes, &mut w.attached);
-            }
-        }
+        // Dropping the host detaches every session, side by side.
     }
 
     fn tick(&mut self) {
         let procs = discover::scan(std::process::id());
         log::debug!("tick: {} processes on the host", procs.len());
         let unused = self.update_processes(&procs);
-        let raw = self.probes.snapshot();
         let now = Instant::now();
-        // Live seconds of every call probe id (global ids), for the estimates.
-        let mut on: HashMap<u32, f64> = HashMap::new();
-        for b in self.binaries.values_mut() {
-            if let Binary::Watched(w) = b {
-                on.extend(w.duty.on_seconds(now));
-                for (probe, rate) in w.duty.take_surges() {
-                    self.extrapolate.surged(probe, rate);
-                }
-            }
-        }
-        let snap = self.extrapolate.update(&raw, &on, now);
-        let mut by_pid = split_by_pid(snap);
+        let seen = self.host.tick(now);
         let mut exported = Vec::with_capacity(self.procs.len());
         let tick = self.stats.ticks;
         for (pid, w) in self.procs.iter_mut() {
-            let Some(Binary::Watched(b)) = self.binaries.get(&w.key) else {
+            let (Some(session), Some(Binary::Watched(binary))) =
+                (self.host.session(w.key), self.binaries.get(&w.key))
+            else {
                 continue;
             };
-            let n = b.plan.call_probes.len() as u32;
-            let own = own_snapshot(by_pid.remove(pid).unwrap_or_default(), b.id_base, n);
-            w.samples.push_back(Tick {
-                at: now,
-                snap: own,
-                cpu_s: target::cpu_seconds(*pid),
-                cpu_profile_hz: w.target.cpu_profile_hz(),
-                on_s: on
-                    .iter()
-                    .filter(|(id, _)| **id >= b.id_base && **id < b.id_base + n)
-                    .map(|(id, s)| (id - b.id_base, *s))
-                    .collect(),
-            });
-            while w.samples.len() > 2 && now.duration_since(w.samples[1].at) >= self.cfg.window {
-                w.samples.pop_front();
+            w.ticks.push_back(seen.process(w.key, &w.target));
+            while w.ticks.len() > 2 && now.duration_since(w.ticks[1].at) >= self.cfg.window {
+                w.ticks.pop_front();
             }
             if w.judged.is_none() || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
-                w.judged = Some(judge(
-                    w,
-                    b,
+                let d = session::judge(
+                    &w.target,
+                    session,
+                    w.ticks.make_contiguous(),
                     &self.cfg.thresholds,
-                    self.cfg.budget.share_of_core,
-                ));
+                    self.host.budget(),
+                );
+                let findings = d
+                    .findings
+                    .iter()
+                    .map(|f| (f.rule.to_string(), f.severity))
+                    .collect();
+                w.judged = Some((findings, Arc::new(d)));
             }
-            exported.push(export(w, b));
+            exported.push(export(w, session, binary));
         }
         exported.sort_by_key(|p| p.pid);
         log::debug!("tick: {} watched", exported.len());
         self.stats.ticks += 1;
         self.stats.processes_watched = self.procs.len() as u64;
-        self.stats.probe_hits =
-            raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>();
-        self.stats.kernel_errors = raw.errors.to_vec();
-        self.stats.probe_guardian_up = self.probes.guardian_running() as u64;
+        self.stats.probe_hits = seen.hits;
+        self.stats.kernel_errors = seen.errors.to_vec();
+        self.stats.probe_guardian_up = self.host.probes().guardian_running() as u64;
         self.stats.probe_detach_tail_seconds = attach::detach_tail().as_secs_f64();
-        self.stats.probes_duty_cycled = self
-            .binaries
-            .values()
-            .map(|b| match b {
-                Binary::Watched(w) => w.duty.cycled().len() as u64,
-                Binary::Ignored => 0,
-            })
-            .sum();
-        self.stats.binaries_attached = self
-            .binaries
-            .values()
-            .filter(|b| matches!(b, Binary::Watched(_)))
-            .count() as u64;
-        self.stats.probes_attached = self
-            .binaries
-            .values()
-            .map(|b| match b {
-                Binary::Watched(w) => w.attached.attached as u64,
-                Binary::Ignored => 0,
-            })
-            .sum();
+        let sessions = || self.host.sessions().map(|(_, s)| s);
+        self.stats.probes_duty_cycled = sessions().map(|s| s.duty.cycled().len() as u64).sum();
+        self.stats.binaries_attached = sessions().count() as u64;
+        self.stats.probes_attached = sessions().map(|s| s.attached.attached as u64).sum();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         *shared = Exported {
             processes: exported,
@@ -317,17 +208,13 @@ impl Agent {
         drop(shared);
         // Unregistering uprobes waits for the kernel (RCU): done after publishing, so
         // an exited process's series are gone from /metrics at once.
-        for w in &unused {
-            w.duty.forget(&mut self.probes);
-        }
-        self.probes
-            .detach_many(unused.into_iter().map(|w| w.attached));
-        self.run_duty_cycles(Instant::now(), Some(&raw));
+        self.host.detach(unused);
     }
 
     /// New processes are analysed (once per binary) and attached; gone ones dropped,
-    /// with their kernel entries; binaries nobody runs any more are detached.
-    fn update_processes(&mut self, procs: &[Proc]) -> Vec<WatchedBinary> {
+    /// with their kernel entries. Returns the binaries nobody runs any more, to be
+    /// detached once this tick is published.
+    fn update_processes(&mut self, procs: &[Proc]) -> Vec<BinaryKey> {
         let alive: HashMap<u32, &Proc> = procs.iter().map(|p| (p.pid, p)).collect();
         // Gone: exited, pid reused, or exec'd another binary.
         let gone: HashSet<u32> = self
@@ -343,8 +230,7 @@ impl Agent {
         for pid in &gone {
             self.procs.remove(pid);
         }
-        self.probes.forget(&gone);
-        self.extrapolate.forget(&gone);
+        self.host.forget(&gone);
 
         let mut over = 0;
         for p in procs {
@@ -367,9 +253,9 @@ impl Agent {
                 Watched {
                     start_ticks: p.start_ticks,
                     key: p.key,
-                    target: Target::with_binary(p.pid, p.exe.clone(), b.binary.clone()),
+                    target: Target::with_binary(p.pid, p.exe.clone(), b.clone()),
                     container_id: discover::container_id(p.pid).unwrap_or_default(),
-                    samples: VecDeque::new(),
+                    ticks: VecDeque::new(),
                     judged: None,
                 },
             );
@@ -385,13 +271,10 @@ impl Agent {
             .filter(|k| !running.contains(k))
             .copied()
             .collect();
+        for k in &unused {
+            self.binaries.remove(k);
+        }
         unused
-            .into_iter()
-            .filter_map(|k| match self.binaries.remove(&k) {
-                Some(Binary::Watched(w)) => Some(*w),
-                _ => None,
-            })
-            .collect()
     }
 
     fn analyse(&mut self, p: &Proc) -> Binary {
@@ -413,10 +296,9 @@ impl Agent {
             return Binary::Ignored;
         };
         let plan = plan::plan(&binary, v);
-        let id_base = self.next_id_base;
-        match self.probes.attach_plan(&plan, &exe, None, id_base) {
-            Ok(attached) => {
-                self.next_id_base += plan.call_probes.len() as u32;
+        match self.host.attach(p.key, plan, &exe, None) {
+            Ok(session) => {
+                let attached = &session.attached;
                 for (sym, e) in &attached.failures {
                     log::warn!("{}: probe on {sym} not attached: {e}", p.exe);
                 }
@@ -429,21 +311,7 @@ impl Agent {
                 );
                 // Analysis read much of the file; keep only what later lookups touch.
                 binary.release_pages();
-                let duty = DutyCycle::new(
-                    &plan,
-                    &attached,
-                    id_base,
-                    self.cfg.budget,
-                    self.cfg.interval,
-                    Instant::now(),
-                );
-                Binary::Watched(Box::new(WatchedBinary {
-                    binary: Arc::new(binary),
-                    plan,
-                    id_base,
-                    attached,
-                    duty,
-                }))
+                Binary::Watched(Arc::new(binary))
             }
             Err(e) => {
                 self.stats.attach_errors += 1;
@@ -454,90 +322,14 @@ impl Agent {
     }
 }
 
-/// The snapshot's entries grouped by process, in one pass.
-fn split_by_pid(snap: Snapshot) -> HashMap<u32, Snapshot> {
-    let mut out: HashMap<u32, Snapshot> = HashMap::new();
-    for (k, v) in snap.calls {
-        out.entry(k.tgid).or_default().calls.insert(k, v);
-    }
-    for (k, v) in snap.stw {
-        out.entry(k.tgid).or_default().stw.insert(k, v);
-    }
-    for s in out.values_mut() {
-        s.errors = snap.errors;
-    }
-    out
-}
-
-/// One process's entries, keeping its binary's call probes with ids made relative
-/// to the binary's plan.
-fn own_snapshot(mut snap: Snapshot, base: u32, n: u32) -> Snapshot {
-    snap.calls = snap
-        .calls
-        .into_iter()
-        .filter(|(k, _)| k.probe >= base && k.probe < base + n)
-        .map(|(mut k, v)| {
-            k.probe -= base;
-            (k, v)
-        })
-        .collect();
-    snap
-}
-
-/// Summarises and judges one process over its window.
-fn judge(w: &Watched, b: &WatchedBinary, t: &Thresholds, budget_share: f64) -> Judgement {
-    let first = w.samples.front().expect("a sample was just pushed");
-    let samples: Vec<Sample> = w
-        .samples
-        .iter()
-        .skip(1)
-        .map(|t| Sample {
-            at_s: t.at.duration_since(first.at).as_secs_f64(),
-            snap: t.snap.since(&first.snap),
-            cpu_s: first.cpu_s.zip(t.cpu_s).map(|(a, b)| (b - a).max(0.0)),
-            cpu_profile_hz: t.cpu_profile_hz,
-            on_s: t
-                .on_s
-                .iter()
-                .map(|(id, s)| (*id, s - first.on_s.get(id).copied().unwrap_or(*s)))
-                .collect(),
-        })
-        .collect();
-    // The wall time of the window's first sample, from how long ago it was taken.
-    let started = SystemTime::now() - Instant::now().saturating_duration_since(first.at);
-    let collected = collect::summarize(&w.target, &b.plan, &samples, started);
-    let findings = if samples.is_empty() {
-        vec![]
-    } else {
-        rules::judge(&collected, t)
-    };
-    let diagnosis = Diagnosis::new(
-        &w.target,
-        ProbeInfo {
-            attached: b.attached.attached,
-            failed: b.attached.failures.clone(),
-            skipped: b.plan.skipped.clone(),
-            overhead_budget_percent: budget_share * 100.0,
-        },
-        findings,
-        collected,
-    );
-    let findings = diagnosis
-        .findings
-        .iter()
-        .map(|f| (f.rule.to_string(), f.severity))
-        .collect();
-    (findings, Arc::new(diagnosis))
-}
-
 /// What /metrics and /findings show of one process: counters from this tick, the
 /// findings and report of its last judgement.
-fn export(w: &Watched, b: &WatchedBinary) -> ProcExport {
+fn export(w: &Watched, session: &Session, binary: &GoBinary) -> ProcExport {
     // Cumulative counters (monotonic while the process lives) for /metrics.
-    let latest = &w.samples.back().expect("non-empty").snap;
+    let latest = &w.ticks.back().expect("non-empty").snap;
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
     for (k, v) in &latest.calls {
-        if let Some(p) = b.plan.call_probes.get(k.probe as usize) {
+        if let Some(p) = session.plan.call_probes.get(k.probe as usize) {
             *calls.entry(p.api.id().to_string()).or_default() += v;
         }
     }
@@ -553,7 +345,7 @@ fn export(w: &Watched, b: &WatchedBinary) -> ProcExport {
     ProcExport {
         pid: w.target.pid,
         exe: w.target.exe_display.clone(),
-        go_version: b.binary.info().go_version_string.clone(),
+        go_version: binary.info().go_version_string.clone(),
         container_id: w.container_id.clone(),
         calls,
         pauses,

@@ -13,8 +13,31 @@ use std::{
 use detector::gobin::GoVersion;
 
 pub const KINDS: [&str; 4] = ["default", "stripped", "pie", "cgo"];
-/// Go minor releases the fixtures must cover.
-pub const MINORS: [u32; 8] = [19, 21, 22, 23, 24, 25, 26, 27];
+/// The one list of Go releases the fixtures cover: it makes [`MINORS`] and
+/// [`per_go_release!`]. (`$d` is a `$` handed to the inner macro, whose own
+/// metavariables the outer one must not expand.)
+macro_rules! go_releases {
+    ($d:tt $($name:ident = $minor:literal),* $(,)?) => {
+        /// Go minor releases the fixtures must cover.
+        pub const MINORS: [u32; [$($minor),*].len()] = [$($minor),*];
+
+        /// One `#[test]` per Go release (`go1_19`, `go1_21`, ...) calling
+        /// `check(minor)`: a suite that covers every release names it once.
+        #[macro_export]
+        macro_rules! per_go_release {
+            ($d check:path) => {
+                $(
+                    #[test]
+                    fn $name() {
+                        $d check($minor)
+                    }
+                )*
+            };
+        }
+    };
+}
+
+go_releases!($ go1_19 = 19, go1_21 = 21, go1_22 = 22, go1_23 = 23, go1_24 = 24, go1_25 = 25, go1_26 = 26, go1_27 = 27);
 pub const MISSING: &str = "fixtures missing: run `cargo xtask fixtures`";
 
 pub fn fixtures_root() -> PathBuf {

@@ -210,35 +210,4 @@ fn check_release(minor: u32) {
     }
 }
 
-#[test]
-fn go1_19() {
-    check_release(19);
-}
-#[test]
-fn go1_21() {
-    check_release(21);
-}
-#[test]
-fn go1_22() {
-    check_release(22);
-}
-#[test]
-fn go1_23() {
-    check_release(23);
-}
-#[test]
-fn go1_24() {
-    check_release(24);
-}
-#[test]
-fn go1_25() {
-    check_release(25);
-}
-#[test]
-fn go1_26() {
-    check_release(26);
-}
-#[test]
-fn go1_27() {
-    check_release(27);
-}
+detector_tests::per_go_release!(check_release);

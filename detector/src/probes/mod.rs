@@ -5,4 +5,5 @@ pub mod budget;
 pub mod extrapolate;
 pub mod guardian;
 pub mod plan;
+pub mod privileges;
 pub mod uprobe;

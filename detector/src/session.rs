@@ -243,21 +243,8 @@ impl<K: Ord + Copy> Host<K> {
     /// Reads the maps once and ticks every session.
     pub fn tick(&mut self, now: Instant) -> HostTick<K> {
         let raw = self.probes.snapshot();
-        // Each session's call entries, found by probe id range in one pass.
-        let ranges: Vec<(u32, u32, K)> = self
-            .sessions
-            .iter()
-            .map(|(k, s)| (s.ids().start, s.ids().end, *k))
-            .collect();
-        let mut calls: BTreeMap<K, HashMap<CallKey, u64>> = BTreeMap::new();
-        for (k, v) in &raw.calls {
-            let i = ranges.partition_point(|r| r.1 <= k.probe);
-            if let Some(&(start, end, key)) = ranges.get(i) {
-                if (start..end).contains(&k.probe) {
-                    calls.entry(key).or_default().insert(*k, *v);
-                }
-            }
-        }
+        let ranges = self.sessions.iter().map(|(k, s)| (s.ids(), *k)).collect();
+        let mut calls = calls_by_session(ranges, &raw.calls);
         let mut binaries = BTreeMap::new();
         for (key, s) in self.sessions.iter_mut() {
             let own = calls.remove(key).unwrap_or_default();
@@ -310,6 +297,25 @@ impl<K: Ord + Copy> Drop for Host<K> {
     }
 }
 
+/// Each session's call entries, found by probe id range (`ranges` in any order) in
+/// one pass over the snapshot.
+fn calls_by_session<K: Ord + Copy>(
+    mut ranges: Vec<(std::ops::Range<u32>, K)>,
+    calls: &HashMap<CallKey, u64>,
+) -> BTreeMap<K, HashMap<CallKey, u64>> {
+    ranges.sort_by_key(|r| r.0.start);
+    let mut out: BTreeMap<K, HashMap<CallKey, u64>> = BTreeMap::new();
+    for (k, v) in calls {
+        let i = ranges.partition_point(|r| r.0.end <= k.probe);
+        if let Some((ids, key)) = ranges.get(i) {
+            if ids.contains(&k.probe) {
+                out.entry(*key).or_default().insert(*k, *v);
+            }
+        }
+    }
+    out
+}
+
 /// Summarises and judges one process over the window its ticks span (oldest first,
 /// cumulative), into the report both `diagnose` and `/findings` give.
 pub fn judge(
@@ -331,4 +337,32 @@ pub fn judge(
         rules::judge(&collected, thresholds)
     };
     Diagnosis::new(target, session.probe_info(budget), findings, collected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_go_to_the_session_owning_their_probe_id() {
+        let key = |probe: u32| CallKey {
+            tgid: 7,
+            probe,
+            caller: 0,
+            arg: 0,
+        };
+        let calls: HashMap<CallKey, u64> = [0, 4, 5, 9, 10, 30].map(|p| (key(p), 1)).into();
+        // Keys in another order than their id ranges, and an empty range.
+        let ranges = vec![(10..20, 'a'), (0..5, 'z'), (5..10, 'm'), (20..20, 'e')];
+        let by = calls_by_session(ranges, &calls);
+        let ids = |k: char| {
+            let mut v: Vec<u32> = by[&k].keys().map(|c| c.probe).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids('z'), [0, 4]);
+        assert_eq!(ids('m'), [5, 9]);
+        assert_eq!(ids('a'), [10]);
+        assert!(!by.contains_key(&'e'), "id 30 belongs to no session");
+    }
 }

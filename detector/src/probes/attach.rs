@@ -7,11 +7,8 @@ use std::{
     collections::{HashMap, HashSet},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Instant,
 };
 
 use aya::{
@@ -21,6 +18,7 @@ use aya::{
 };
 use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats, HIT_SLOTS};
 
+use super::detacher::Detacher;
 pub use super::privileges::{check_privileges, watch_privilege_warning};
 use super::{
     guardian::Guardian,
@@ -52,6 +50,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// None when it could not start: detector then creates uprobes itself.
     guardian: Option<Arc<Guardian>>,
+    /// Removes duty-cycled probes in the background, and measures how long it takes.
+    detacher: Detacher,
 }
 
 /// One live probe: detector's program linked to a uprobe. Dropping it detaches the
@@ -144,7 +144,11 @@ impl Probes {
                 None
             }
         };
-        Ok(Probes { ebpf, guardian })
+        Ok(Probes {
+            ebpf,
+            guardian,
+            detacher: Detacher::default(),
+        })
     }
 
     fn program(&mut self, p: Program) -> &mut UProbe {
@@ -286,7 +290,7 @@ impl Probes {
     /// background thread sits out.
     pub fn detach_later(&mut self, attached: &mut AttachedPlan, index: usize) {
         if let Some(Some(link)) = attached.links.get_mut(index).map(Option::take) {
-            release_in_background(vec![link]);
+            self.detacher.release_later(vec![link]);
         }
     }
 
@@ -323,6 +327,11 @@ impl Probes {
         let hits = PerCpuArray::<&MapData, u64>::try_from(m).ok()?;
         let v = hits.get(&(call_id % HIT_SLOTS), 0).ok()?;
         Some(v.iter().sum())
+    }
+
+    /// The background detacher's state: how long a detach takes, how many are behind.
+    pub fn detacher(&self) -> &Detacher {
+        &self.detacher
     }
 
     /// Whether the probe guardian runs (see `guardian`): without it, a SIGKILL of
@@ -406,60 +415,6 @@ fn release_all(links: Vec<Link>) {
     let n = links.len();
     drop(links);
     log::debug!("detached {n} probes in {:?}", t0.elapsed());
-}
-
-/// Background detaches not finished yet (see [`detaches_in_flight`]).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// How many probes are still being unregistered in the background. The duty cycle
-/// keeps cycled probes off while the kernel is behind, rather than queue more.
-pub fn detaches_in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
-}
-
-/// How long a background detach took, smoothed (microseconds); starts at the 0.09 s
-/// an uncontended unregistration takes on 6.x.
-static DETACH_TAIL_US: AtomicU64 = AtomicU64::new(90_000);
-
-/// How long a probe's breakpoint stays in the target after the duty cycle detaches
-/// it, as far as detector can tell: the time its detach took, smoothed. The kernel
-/// serialises uprobe (un)registrations under one mutex, so a detach waits behind every
-/// other one on the host (ours or another tool's), and the breakpoint traps each call
-/// while it waits. Measured on the target with the soak running: 0.03-0.4 s.
-pub fn detach_tail() -> Duration {
-    Duration::from_micros(DETACH_TAIL_US.load(Ordering::Relaxed))
-}
-
-/// Folds one detach's duration into [`detach_tail`] (a quarter weight: quick to follow
-/// a host that gets busy, not thrown by one slow detach).
-fn record_detach(took: Duration) {
-    let sample = took.as_micros().min(u64::MAX as u128) as u64;
-    let _ = DETACH_TAIL_US.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-        Some(old - old / 4 + sample / 4)
-    });
-}
-
-/// Drops `links` on a background thread (the duty cycle must not wait for it).
-fn release_in_background(links: Vec<Link>) {
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-    let spawned = std::thread::Builder::new()
-        .name("detach".into())
-        .spawn(move || {
-            let t0 = Instant::now();
-            drop(links);
-            let took = t0.elapsed();
-            record_detach(took);
-            log::debug!(
-                "background detach took {took:?}, tail now {:?}",
-                detach_tail()
-            );
-            IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-        });
-    if let Err(e) = spawned {
-        // The closure (and the links) came back inside the error and were dropped here.
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-        log::warn!("could not start a thread to detach a probe: {e}");
-    }
 }
 
 /// Ids of every eBPF program loaded in the kernel right now (all processes).

@@ -17,7 +17,7 @@ use std::{
 use detector_common::COOKIE_FORCED_GC_ENTER;
 
 use super::{
-    attach::{self, AttachedPlan, Probes, Snapshot},
+    attach::{AttachedPlan, Probes, Snapshot},
     plan::{Plan, Program},
 };
 
@@ -405,7 +405,7 @@ impl DutyCycle {
             }
         }
         let period = self.period.as_secs_f64();
-        let tail = attach::detach_tail().as_secs_f64();
+        let tail = probes.detacher().tail().as_secs_f64();
         let mut go_live = vec![false; self.units.len()];
         for (ui, u) in self.units.iter_mut().enumerate() {
             if !measured[ui] {
@@ -414,7 +414,7 @@ impl DutyCycle {
             }
             u.fraction = fraction[ui];
             let cycled = u.fraction < 1.0;
-            let kernel_behind = attach::detaches_in_flight() >= MAX_DETACH_BACKLOG;
+            let kernel_behind = probes.detacher().in_flight() >= MAX_DETACH_BACKLOG;
             // Off for this period: probation has used the share already, or the kernel
             // is behind with detaches, or the share saved up is still too short.
             let mut stay_off = false;
@@ -475,7 +475,7 @@ impl DutyCycle {
 /// How long a cycled unit goes live, given the live time it has saved up (`credit_s`),
 /// or `None` to keep saving. A live phase costs the target its live time plus the
 /// detach tail (the breakpoint stays in, trapping every call, until the kernel has
-/// unregistered it; see [`attach::detach_tail`]), so the tail is paid out of the
+/// unregistered it; see [`super::detacher::Detacher::tail`]), so the tail is paid out of the
 /// credit: a hot probe goes live less often rather than over its budget. A phase is
 /// at least as long as its tail, so that at least half of what it costs is spent
 /// counting (a few phases of 0.1 s measure a rate better than many of 5 ms).

@@ -2,6 +2,7 @@
 //! the only module that knows aya's API).
 pub mod attach;
 pub mod budget;
+pub mod detacher;
 pub mod extrapolate;
 pub mod guardian;
 pub mod plan;

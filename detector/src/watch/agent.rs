@@ -17,11 +17,7 @@ use super::discover::{self, BinaryKey, Filter, Proc};
 use crate::{
     collect::{self, Tick},
     gobin::GoBinary,
-    probes::{
-        attach::{self, Probes},
-        budget::Budget,
-        plan,
-    },
+    probes::{attach::Probes, budget::Budget, plan},
     report::Diagnosis,
     rules::{Severity, Thresholds},
     session::{self, Host, Session},
@@ -194,7 +190,7 @@ impl Agent {
         self.stats.probe_hits = seen.hits;
         self.stats.kernel_errors = seen.errors.to_vec();
         self.stats.probe_guardian_up = self.host.probes().guardian_running() as u64;
-        self.stats.probe_detach_tail_seconds = attach::detach_tail().as_secs_f64();
+        self.stats.probe_detach_tail_seconds = self.host.probes().detacher().tail().as_secs_f64();
         let sessions = || self.host.sessions().map(|(_, s)| s);
         self.stats.probes_duty_cycled = sessions().map(|s| s.duty.cycled().len() as u64).sum();
         self.stats.binaries_attached = sessions().count() as u64;

@@ -57,8 +57,8 @@ pub fn buildinfo(data: &[u8]) {
 
 /// The table `data` (parsed as `tab`) in a minimal executable: `.gopclntab` and a
 /// `.text` mapped at the text base (the default one written into the header when it
-/// has none).
-fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8> {
+/// has none). The unit tests build small Go-like binaries with it.
+pub(crate) fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8> {
     let mut patched = data.to_vec();
     let text = match tab.text_start_field {
         0 => {
@@ -428,10 +428,9 @@ mod tests {
     #[test]
     fn pclntab_seeds_are_valid_tables() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/pclntab");
-        let Ok(dir) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in dir {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut checked = 0;
+        for entry in entries {
             let path = entry.unwrap().path();
             if !path
                 .file_name()
@@ -453,7 +452,9 @@ mod tests {
             assert!(with_lines * 10 >= funcs.len() * 9, "{}", path.display());
             let bin = GoBinary::parse(pclntab_executable(&data, &tab)).unwrap();
             assert_eq!(bin.funcs().count(), funcs.len());
+            checked += 1;
         }
+        assert!(checked > 0, "no seed-* file in {}", dir.display());
     }
 
     /// The committed corpus (seeds and the reproducers of fixed crashes) replays
@@ -469,10 +470,10 @@ mod tests {
             ("elf", |d| elf(d, &no_hook)),
         ];
         for (target, run) in targets {
-            let Ok(dir) = std::fs::read_dir(root.join(target)) else {
-                continue;
-            };
-            for entry in dir {
+            let dir = root.join(target);
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            for entry in entries {
                 let path = entry.unwrap().path();
                 let data = std::fs::read(&path).unwrap();
                 let seed = path

@@ -83,7 +83,7 @@ pub(crate) fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8>
 /// The bytes as a `.gopclntab` section: the header, the function table, names, file
 /// and line tables, pc-value tables and the inline tree indices; then the scan that
 /// finds a table without section headers; then a whole binary built around it, given
-/// to [`elf`] with `also`.
+/// to [`elf()`] with `also`.
 pub fn pclntab(data: &[u8], also: Hook<'_>) {
     let segment = one_segment(data, INPUT_VADDR, object::elf::PF_R);
     let _ = pclntab::locate(data, &segment);
@@ -124,7 +124,7 @@ pub fn pclntab(data: &[u8], also: Hook<'_>) {
 /// of `.symtab`, then `.strtab`) in a minimal executable whose one segment maps the
 /// string table at 0x400000: ELF symbol parsing, then the Go analysis that uses
 /// symbols (the pclntab, text base and moduledata found through them), given to
-/// [`elf`] with `also`.
+/// [`elf()`] with `also`.
 pub fn symtab(data: &[u8], also: Hook<'_>) {
     let (symtab, strtab) = split_symtab_input(data);
     let file = build_elf(&[

@@ -5,11 +5,14 @@
 //! them) → `collect` (kernel maps into facts) → `rules` (facts into findings) →
 //! `report` (text and JSON). `cmd` wires them into the subcommands; `watch` runs
 //! the same pipeline host-wide as a daemon with a Prometheus endpoint.
+//!
+//! `gobin` is the `detector-gobin` crate, re-exported under its old path: the pure
+//! Go binary parser, which knows nothing of probes or processes.
 pub mod apis;
 pub mod cmd;
 pub mod collect;
 pub mod exit;
-pub mod gobin;
+pub use detector_gobin as gobin;
 pub mod probes;
 pub mod report;
 pub mod rules;

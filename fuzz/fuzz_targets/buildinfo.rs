@@ -2,4 +2,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| detector::gobin::fuzzing::buildinfo(data));
+fuzz_target!(|data: &[u8]| detector_gobin::fuzzing::buildinfo(data));

@@ -3,4 +3,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| detector::gobin::fuzzing::symtab(data));
+fuzz_target!(|data: &[u8]| detector_gobin::fuzzing::symtab(data, &detector_fuzz::detector));

@@ -1,5 +1,6 @@
-//! Binary analysis (`detector::gobin`) against real Go binaries: every Go version and
-//! build kind of the `allapis` fixture, checked against `go tool nm`.
+//! Binary analysis (`detector::gobin`, the detector-gobin crate) against real Go
+//! binaries: every Go version and build kind of the `allapis` fixture, checked against
+//! `go tool nm`.
 //!
 //! Fixtures come from `cargo xtask fixtures` (root `target/fixtures`, or
 //! `$DETECTOR_FIXTURES`): `go<version>/<kind>/allapis` plus `allapis.nm` next to the

@@ -275,3 +275,54 @@ fn locate(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gobin::{fuzzing, version::NEWEST_TESTED, GoBinary};
+
+    /// The committed fuzz corpus (`fuzz/corpus`) replays through the parser and the
+    /// plan, as the fuzz targets run them (their hook is `fuzz/src/lib.rs`). The `elf`
+    /// seeds are real Go binaries: each must plan probes.
+    #[test]
+    fn fuzz_corpus_replays_through_the_plan() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        let planned = std::cell::Cell::new(0usize);
+        let hook = |bin: &GoBinary| {
+            let info = bin.info();
+            let _ = serde_json::to_string(info);
+            let plan = super::plan(bin, info.go_version.unwrap_or(NEWEST_TESTED));
+            planned.set(planned.get() + usize::from(!plan.probes.is_empty()));
+        };
+        type Target<'a> = fn(&[u8], fuzzing::Hook<'a>);
+        let targets: [(&str, Target); 3] = [
+            ("pclntab", fuzzing::pclntab),
+            ("symtab", fuzzing::symtab),
+            ("elf", fuzzing::elf),
+        ];
+        for (target, run) in targets {
+            let dir = root.join(target);
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let mut replayed = 0;
+            for entry in entries {
+                let path = entry.expect("corpus entry").path();
+                let before = planned.get();
+                run(&std::fs::read(&path).expect("read"), &hook);
+                replayed += 1;
+                let seed = path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("seed-");
+                if target == "elf" && seed {
+                    assert!(
+                        planned.get() > before,
+                        "{}: no probe planned",
+                        path.display()
+                    );
+                }
+            }
+            assert!(replayed > 0, "nothing replayed from {}", dir.display());
+        }
+    }
+}

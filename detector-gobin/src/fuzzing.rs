@@ -2,11 +2,24 @@
 //! arbitrary bytes as one part of a Go binary, parses them with the real parsers and
 //! runs every query on whatever was accepted. Not an API: hidden from the docs and
 //! only kept stable for the fuzz targets and the unit tests that replay their finds.
+//! Compiled only with the `fuzzing` feature (and in this crate's unit tests).
+//!
+//! The parser knows nothing of its users: an entry point that accepts a whole binary
+//! then runs the caller's [`Hook`] on it, and the fuzz targets pass one that plans
+//! detector's probes, so the code that consumes the analysis is fuzzed too.
 //!
 //! A parser may return an error for any input; it must never panic, overflow, hang or
 //! allocate without bound.
 use super::elf::{ElfInfo, Segment};
 use super::{buildinfo, elf, pclntab, GoBinary, GoVersion};
+
+/// What the caller runs on every [`GoBinary`] an entry point accepted, after the
+/// parser's own queries ([`binary`]); e.g. `&|bin| { detector::probes::plan::plan(bin,
+/// version); }`. Pass [`no_hook`] for the parser alone.
+pub type Hook<'a> = &'a dyn Fn(&GoBinary);
+
+/// A [`Hook`] that does nothing: only the parser's own queries run.
+pub fn no_hook(_: &GoBinary) {}
 
 /// Where the `buildinfo` and `pclntab` targets map their input (for pointers).
 pub const INPUT_VADDR: u64 = 0x10_0000;
@@ -17,11 +30,12 @@ const FUNCS_VISITED: usize = 20_000;
 /// Functions decoded (probe point, calls) per run.
 const FUNCS_DECODED: usize = 64;
 
-/// `detector inspect` and `diagnose`'s planning on a whole file: `GoBinary::parse`,
-/// then every query a user runs.
-pub fn elf(data: &[u8]) {
+/// A whole file: `GoBinary::parse`, then every query (as `detector inspect` and
+/// `diagnose` run them), then `also`.
+pub fn elf(data: &[u8], also: Hook<'_>) {
     if let Ok(bin) = GoBinary::parse(data.to_vec()) {
         binary(&bin);
+        also(&bin);
     }
 }
 
@@ -43,8 +57,8 @@ pub fn buildinfo(data: &[u8]) {
 
 /// The table `data` (parsed as `tab`) in a minimal executable: `.gopclntab` and a
 /// `.text` mapped at the text base (the default one written into the header when it
-/// has none).
-fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8> {
+/// has none). The unit tests build small Go-like binaries with it.
+pub(crate) fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8> {
     let mut patched = data.to_vec();
     let text = match tab.text_start_field {
         0 => {
@@ -68,8 +82,9 @@ fn pclntab_executable(data: &[u8], tab: &pclntab::Pclntab) -> Vec<u8> {
 
 /// The bytes as a `.gopclntab` section: the header, the function table, names, file
 /// and line tables, pc-value tables and the inline tree indices; then the scan that
-/// finds a table without section headers; then a whole binary built around it.
-pub fn pclntab(data: &[u8]) {
+/// finds a table without section headers; then a whole binary built around it, given
+/// to [`elf()`] with `also`.
+pub fn pclntab(data: &[u8], also: Hook<'_>) {
     let segment = one_segment(data, INPUT_VADDR, object::elf::PF_R);
     let _ = pclntab::locate(data, &segment);
     let Ok(tab) = pclntab::Pclntab::parse(data, 0, INPUT_VADDR) else {
@@ -102,14 +117,15 @@ pub fn pclntab(data: &[u8]) {
             let _ = tab.name_at(data, u32::try_from(rel).unwrap_or(u32::MAX));
         }
     }
-    elf(&pclntab_executable(data, &tab));
+    elf(&pclntab_executable(data, &tab), also);
 }
 
 /// `.symtab` and `.strtab` (the input is a little-endian u32 length, that many bytes
 /// of `.symtab`, then `.strtab`) in a minimal executable whose one segment maps the
 /// string table at 0x400000: ELF symbol parsing, then the Go analysis that uses
-/// symbols (the pclntab, text base and moduledata found through them).
-pub fn symtab(data: &[u8]) {
+/// symbols (the pclntab, text base and moduledata found through them), given to
+/// [`elf()`] with `also`.
+pub fn symtab(data: &[u8], also: Hook<'_>) {
     let (symtab, strtab) = split_symtab_input(data);
     let file = build_elf(&[
         Part::symtab(symtab),
@@ -131,7 +147,7 @@ pub fn symtab(data: &[u8]) {
             let _ = info.read_ptr(&file, *v);
         }
     }
-    elf(&file);
+    elf(&file, also);
 }
 
 /// Splits a `symtab` target input into its `.symtab` and `.strtab` bytes.
@@ -146,7 +162,6 @@ pub fn split_symtab_input(data: &[u8]) -> (&[u8], &[u8]) {
 /// Every query of a parsed binary, as `inspect` and `diagnose` use them.
 pub fn binary(bin: &GoBinary) {
     let info = bin.info();
-    let _ = serde_json::to_string(info);
     let funcs: Vec<_> = bin.funcs().take(FUNCS_VISITED).collect();
     // A sample: the `pclntab` target covers every function of small tables.
     let step = (funcs.len() / FUNCS_DECODED).max(1);
@@ -165,8 +180,9 @@ pub fn binary(bin: &GoBinary) {
     let _ = bin.probe_point_by_name("runtime.ReadMemStats");
     let _ = bin.read_bytes_at(u64::MAX - 2, 10);
     let _ = bin.read_cstring_at(info.text_start, 64);
-    let version = info.go_version.unwrap_or(super::version::NEWEST_TESTED);
-    let _ = crate::probes::plan::plan(bin, version);
+    if let Some(code) = bin.read_bytes_at(info.text_start, 15) {
+        let _ = super::prologue::kernel_emulates(code);
+    }
 }
 
 fn version(s: &str) {
@@ -355,8 +371,8 @@ mod tests {
         assert!(info.section(&[".strtab"]).is_some());
         // Short and empty inputs split without panicking.
         assert_eq!(split_symtab_input(&[1, 2]), (&[][..], &[][..]));
-        symtab(&[]);
-        symtab(&input);
+        symtab(&[], &no_hook);
+        symtab(&input, &no_hook);
     }
 
     #[test]
@@ -412,10 +428,9 @@ mod tests {
     #[test]
     fn pclntab_seeds_are_valid_tables() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/pclntab");
-        let Ok(dir) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in dir {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut checked = 0;
+        for entry in entries {
             let path = entry.unwrap().path();
             if !path
                 .file_name()
@@ -437,7 +452,9 @@ mod tests {
             assert!(with_lines * 10 >= funcs.len() * 9, "{}", path.display());
             let bin = GoBinary::parse(pclntab_executable(&data, &tab)).unwrap();
             assert_eq!(bin.funcs().count(), funcs.len());
+            checked += 1;
         }
+        assert!(checked > 0, "no seed-* file in {}", dir.display());
     }
 
     /// The committed corpus (seeds and the reproducers of fixed crashes) replays
@@ -448,15 +465,15 @@ mod tests {
         type Target = fn(&[u8]);
         let targets: [(&str, Target); 4] = [
             ("buildinfo", buildinfo),
-            ("pclntab", pclntab),
-            ("symtab", symtab),
-            ("elf", elf),
+            ("pclntab", |d| pclntab(d, &no_hook)),
+            ("symtab", |d| symtab(d, &no_hook)),
+            ("elf", |d| elf(d, &no_hook)),
         ];
         for (target, run) in targets {
-            let Ok(dir) = std::fs::read_dir(root.join(target)) else {
-                continue;
-            };
-            for entry in dir {
+            let dir = root.join(target);
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            for entry in entries {
                 let path = entry.unwrap().path();
                 let data = std::fs::read(&path).unwrap();
                 let seed = path

@@ -1,5 +1,11 @@
 //! Unit tests of the whole parser on garbage and damaged input, and of the inline
 //! tree and call decoding against the fixtures of every Go version and build kind.
+//!
+//! The fixtures are the Go programs of `tests/fixtures` built by `cargo xtask fixtures`
+//! with every supported toolchain, found under `$DETECTOR_FIXTURES` (set by `cargo
+//! xtask test`) or `target/fixtures`. A test that needs them fails when they are
+//! missing, never skips. The damage tests also run on small real Go binaries that are
+//! committed (the fuzz seeds), so their deep paths are checked without fixtures too.
 use std::collections::HashSet;
 
 use super::*;
@@ -18,18 +24,69 @@ impl Rng {
     }
 }
 
-/// A real Go binary when the fixtures were built, else this test executable (not Go).
-fn sample_binary() -> Vec<u8> {
-    let root = std::env::var("DETECTOR_FIXTURES")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/fixtures").to_string());
-    let candidates = ["go1.22.10/default/allapis", "go1.26.6/pie/allapis"];
-    for c in candidates {
-        if let Ok(b) = std::fs::read(Path::new(&root).join(c)) {
-            return b;
+/// The fixtures the damage tests start from: a static binary, and a PIE from a Go
+/// (1.26+) whose text base is only in moduledata.
+const DAMAGE_SAMPLES: [(&str, &str); 2] = [("go1.22.10", "default"), ("go1.26.6", "pie")];
+
+/// The bytes of the `allapis` fixture of `version`/`kind`, checked to parse as a Go
+/// binary; fails (never skips) when the fixtures were not built.
+fn fixture_bytes(version: &str, kind: &str) -> Vec<u8> {
+    let path = fixtures_root().join(version).join(kind).join("allapis");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{MISSING_FIXTURES} ({}: {e})", path.display()));
+    if let Err(e) = GoBinary::parse(bytes.clone()) {
+        panic!("{}: {e}", path.display());
+    }
+    bytes
+}
+
+/// The committed corpus directory of one fuzz target (`fuzz/corpus/<target>`).
+fn corpus_dir(target: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// The committed seeds of one fuzz target, by file name (`seed-*`; at least one).
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(target);
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut out: Vec<(String, Vec<u8>)> = entries
+        .map(|e| e.expect("corpus entry").path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("seed-")
+        })
+        .map(|p| {
+            let name = format!("{target}/{}", p.file_name().unwrap().to_string_lossy());
+            (name, std::fs::read(&p).expect("read seed"))
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no seed-* file in {}", dir.display());
+    out
+}
+
+/// Small Go binaries that need no fixture, each checked to parse: the committed `elf`
+/// seeds (real stripped Go 1.19 and 1.27 programs) and the committed `pclntab` seeds
+/// (real tables cut down to 48 functions) in an executable built by the fuzzing ELF
+/// builder.
+fn committed_go_binaries() -> Vec<(String, Vec<u8>)> {
+    let mut out = seeds("elf");
+    for (name, table) in seeds("pclntab") {
+        let tab = pclntab::Pclntab::parse(&table, 0, fuzzing::INPUT_VADDR)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        out.push((name, fuzzing::pclntab_executable(&table, &tab)));
+    }
+    for (name, bytes) in &out {
+        match GoBinary::parse(bytes.clone()) {
+            Ok(bin) => assert!(bin.info().function_count >= 32, "{name}"),
+            Err(e) => panic!("{name}: {e}"),
         }
     }
-    eprintln!("note: no Go fixture under {root}; fuzzing this test binary instead");
-    std::fs::read("/proc/self/exe").expect("read /proc/self/exe")
+    out
 }
 
 /// Uses every query of a parsed binary on a few functions.
@@ -132,7 +189,7 @@ fn too_many_segments_is_a_named_limit() {
 
 #[test]
 fn truncated_binaries_fail_cleanly() {
-    let full = sample_binary();
+    let full = fixture_bytes("go1.22.10", "default");
     let mut rng = Rng(7);
     let mut cuts: Vec<usize> = (0..40).map(|_| rng.below(full.len())).collect();
     cuts.extend([
@@ -154,19 +211,18 @@ fn truncated_binaries_fail_cleanly() {
     }
 }
 
-#[test]
-fn mutated_binaries_never_panic() {
-    let full = sample_binary();
-    let Ok(bin) = GoBinary::parse(full.clone()) else {
-        return; // not a Go binary: nothing deep to mutate
-    };
-    // Mutate mostly inside the pclntab and the build info, where the parser goes deep.
+/// Flips bytes of the Go binary `full` (`name`), mostly inside the pclntab where the
+/// parser goes deep, and uses every query of each damaged copy that still parses.
+/// Returns how many did: a run where none did checked nothing deep.
+fn mutate_and_exercise(name: &str, full: &[u8], rounds: usize, seed: u64) -> usize {
+    let bin = GoBinary::parse(full.to_vec()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let tab_start = bin.pcln.file_offset;
     let tab_len = bin.pcln.len;
     drop(bin);
-    let mut rng = Rng(0xdead_beef);
-    for round in 0..150 {
-        let mut v = full.clone();
+    let mut rng = Rng(seed);
+    let mut accepted = 0;
+    for round in 0..rounds {
+        let mut v = full.to_vec();
         let flips = 1 + rng.below(8);
         for _ in 0..flips {
             let at = if round % 3 == 0 {
@@ -180,7 +236,29 @@ fn mutated_binaries_never_panic() {
         }
         if let Ok(bin) = GoBinary::parse(v) {
             exercise(&bin, &mut rng);
+            accepted += 1;
         }
+    }
+    assert!(
+        accepted > 0,
+        "{name}: none of {rounds} mutated copies parsed, so no query ran on damaged tables"
+    );
+    accepted
+}
+
+#[test]
+fn mutated_binaries_never_panic() {
+    for (version, kind) in DAMAGE_SAMPLES {
+        let full = fixture_bytes(version, kind);
+        mutate_and_exercise(&format!("{version}/{kind}"), &full, 150, 0xdead_beef);
+    }
+}
+
+/// The same on small Go binaries that are committed: runs without fixtures.
+#[test]
+fn mutated_small_go_binaries_never_panic() {
+    for (i, (name, full)) in committed_go_binaries().iter().enumerate() {
+        mutate_and_exercise(name, full, 100, 0xdead_beef + i as u64);
     }
 }
 
@@ -412,12 +490,19 @@ fn direct_calls_in_every_fixture() {
     }
 }
 
+/// Damages main.main's inline tree, its InlTreeIndex table and its `_func` in the
+/// fixtures (the committed small binaries have no inlined calls in main.main), and
+/// uses the inline queries on every damaged copy that still parses.
 #[test]
 fn damaged_inline_trees_never_panic() {
-    let full = sample_binary();
-    let Ok(bin) = GoBinary::parse(full.clone()) else {
-        return; // not a Go binary (fixtures missing): the fixture tests report that
-    };
+    // Go 1.19's inlinedCall has another layout than 1.20+'s.
+    for (version, kind) in [("go1.19.8", "default")].into_iter().chain(DAMAGE_SAMPLES) {
+        damage_inline_tree(&format!("{version}/{kind}"), &fixture_bytes(version, kind));
+    }
+}
+
+fn damage_inline_tree(name: &str, full: &[u8]) {
+    let bin = GoBinary::parse(full.to_vec()).unwrap_or_else(|e| panic!("{name}: {e}"));
     // Where main.main's inline tree and its InlTreeIndex table are in the file.
     let main = bin.func_by_name("main.main").expect("main.main");
     let rec = *bin.rec_at(main.entry).expect("main.main record");
@@ -435,11 +520,12 @@ fn damaged_inline_trees_never_panic() {
     let table = bin.pcln.file_offset + (table.as_ptr() as usize - tab.as_ptr() as usize);
     let func = bin.pcln.file_offset + rec.func_off;
     let before = bin.inlined_calls("runtime.NumGoroutine");
-    assert!(!before.is_empty());
+    assert!(!before.is_empty(), "{name}: NumGoroutine not inlined");
     drop(bin);
     let mut rng = Rng(0x1234_5678);
-    for round in 0..60 {
-        let mut v = full.clone();
+    let (rounds, mut accepted, mut found) = (60, 0, 0);
+    for round in 0..rounds {
+        let mut v = full.to_vec();
         let region = [tree, table, func][round % 3];
         for _ in 0..1 + rng.below(6) {
             if let Some(b) = v.get_mut(region + rng.below(256)) {
@@ -453,13 +539,25 @@ fn damaged_inline_trees_never_panic() {
                 "runtime.gcount",
             ] {
                 for c in bin.inlined_calls(callee) {
-                    assert!(!c.ranges.is_empty());
-                    assert_eq!(bin.file_offset(c.probe_vaddr), Some(c.probe_file_offset));
+                    assert!(!c.ranges.is_empty(), "{name}: {c:x?}");
+                    assert_eq!(
+                        bin.file_offset(c.probe_vaddr),
+                        Some(c.probe_file_offset),
+                        "{name}"
+                    );
+                    found += 1;
                 }
             }
             let _ = bin.called_functions("main.main");
+            accepted += 1;
         }
     }
+    // Most damage leaves the binary parseable (the inline tree is only read by these
+    // queries), and some leaves inlined calls to check.
+    assert!(
+        accepted > 0 && found > 0,
+        "{name}: {accepted} of {rounds} damaged copies parsed, {found} inlined calls found; nothing was checked"
+    );
 }
 
 #[test]

@@ -74,7 +74,7 @@ macro_rules! check_limit {
     ($what:expr, $value:expr, $max:ident) => {{
         let (value, max) = (u64::try_from($value).unwrap_or(u64::MAX), $max as u64);
         if value > max {
-            Err($crate::gobin::limits::Limit {
+            Err($crate::limits::Limit {
                 what: $what,
                 value,
                 limit: stringify!($max),

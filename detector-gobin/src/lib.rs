@@ -1,19 +1,27 @@
-//! What is in a Go binary: version and build settings, functions and their bounds,
-//! source positions, and where to put uprobes (linux/amd64 ELF, Go 1.19+).
+//! detector-gobin: what is in a Go binary. Version and build settings, functions and
+//! their bounds, source positions, inlined calls, and where to put uprobes
+//! (linux/amd64 ELF, Go 1.19+). `detector` re-exports it as `detector::gobin`, the
+//! way aya sits on aya-obj: the parser knows nothing of probes, processes or kernels.
 //!
-//! Pure analysis of the file's bytes: no privileges and no I/O beyond reading the file.
-//! Every table is bounds-checked; hostile input gives an [`AnalysisError`], never a panic.
+//! Pure analysis of the file's bytes: no privileges and no I/O beyond reading the file
+//! ([`GoBinary::open`] maps it read-only; [`GoBinary::parse`] takes bytes in memory).
+//! Every table is bounds-checked and every size read from the file is capped
+//! ([`limits`]); hostile input gives an [`AnalysisError`], never a panic.
 //!
 //! Sources of truth, in order: `.go.buildinfo` (version, settings; kept by `-s -w`),
 //! the pclntab (functions, names, file:line; kept by `-s -w`), moduledata (the text
 //! base from Go 1.26, whose pcHeader no longer stores it), and `.symtab` only as a
 //! cross-check when present. `inline.rs` reads the inline trees (where a function was
 //! inlined, and where to probe that) and direct call targets.
+//!
+//! The `fuzzing` feature adds the hidden module `fuzzing`: the entry points of the
+//! cargo-fuzz targets in `fuzz/` (see `docs/fuzzing.md`). Release builds leave it out.
 use std::fmt;
 use std::path::Path;
 
 mod buildinfo;
 mod elf;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod globals;
@@ -21,7 +29,7 @@ mod inline;
 pub mod limits;
 pub mod owner;
 mod pclntab;
-pub(crate) mod prologue;
+pub mod prologue;
 pub mod version;
 
 pub use inline::InlinedCall;

@@ -5,9 +5,18 @@
 //! bytes are written by the kernel side and read by user space.
 #![no_std]
 
-/// Number of log2 buckets in a pause histogram: bucket `i` counts pauses of
-/// `[2^i, 2^(i+1))` nanoseconds, so 40 buckets reach about 18 minutes.
-pub const STW_BUCKETS: usize = 40;
+/// Pause histograms are log-linear: each power of two of nanoseconds (an octave) is
+/// cut into `STW_SUB` equal buckets, so a bucket is at most 1/8 of its lower bound
+/// wide and a percentile read from it is within 6 % (power-of-two buckets, before,
+/// were off by up to 2x).
+pub const STW_SUB_BITS: u32 = 3;
+pub const STW_SUB: usize = 1 << STW_SUB_BITS;
+/// The first octave with its own buckets: 2^7 ns = 128 ns (bucket 0 holds shorter).
+pub const STW_MIN_OCTAVE: u32 = 7;
+/// Octaves covered: up to 2^37 ns, about 137 s (the last bucket holds longer).
+pub const STW_OCTAVES: usize = 30;
+/// Buckets in a pause histogram: below the first octave, then `STW_SUB` per octave.
+pub const STW_BUCKETS: usize = 1 + STW_OCTAVES * STW_SUB;
 
 /// Maximum distinct (process, probe, caller, argument) tuples kept in the kernel.
 pub const MAX_CALL_KEYS: u32 = 16_384;
@@ -140,6 +149,13 @@ pub struct StwStats {
     pub total_ns: u64,
     pub max_ns: u64,
     pub hist: [u64; STW_BUCKETS],
+    /// The stopping part of the same pauses: from the request to stop until every
+    /// goroutine reached a safe point (`/sched/pauses/stopping/*`), for the pauses
+    /// where it was measured.
+    pub stopping_count: u64,
+    pub stopping_total_ns: u64,
+    pub stopping_max_ns: u64,
+    pub stopping_hist: [u64; STW_BUCKETS],
 }
 
 impl StwStats {
@@ -148,6 +164,10 @@ impl StwStats {
         total_ns: 0,
         max_ns: 0,
         hist: [0; STW_BUCKETS],
+        stopping_count: 0,
+        stopping_total_ns: 0,
+        stopping_max_ns: 0,
+        stopping_hist: [0; STW_BUCKETS],
     };
 
     /// Adds `other` into `self` (per-CPU slots, or keys that share a reason).
@@ -158,16 +178,53 @@ impl StwStats {
         for (a, b) in self.hist.iter_mut().zip(other.hist.iter()) {
             *a += b;
         }
+        self.stopping_count += other.stopping_count;
+        self.stopping_total_ns += other.stopping_total_ns;
+        self.stopping_max_ns = self.stopping_max_ns.max(other.stopping_max_ns);
+        for (a, b) in self
+            .stopping_hist
+            .iter_mut()
+            .zip(other.stopping_hist.iter())
+        {
+            *a += b;
+        }
     }
 }
 
-/// A pause in flight: started, not yet ended.
+/// A pause in flight: started, not yet ended. The kernel's own clock marks each
+/// step; the runtime's timestamps (the same CLOCK_MONOTONIC) replace them where the
+/// probes can read them, so that a pause spans what the runtime itself counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StwOpen {
+    /// At `stopTheWorldWithSema`'s probe point.
     pub start_ns: u64,
     pub reason: u64,
+    /// At a RET of `stopTheWorldWithSema`: every goroutine is stopped (0: not seen).
+    pub stopped_ns: u64,
+    /// At `startTheWorldWithSema`'s probe point (0: not seen).
+    pub restart_ns: u64,
+    /// The runtime's `worldStop.startedStopping` and `finishedStopping`, read at
+    /// `startTheWorldWithSema`'s probe point (Go 1.22+ and 1.23+; 0 when unknown).
+    pub rt_start_ns: u64,
+    pub rt_stopped_ns: u64,
 }
+
+/// Cookie of the `stw_restart` probe: which of `startTheWorldWithSema`'s arguments
+/// carry the runtime's timestamps (Go's register ABI: `now` in RAX, then the
+/// `worldStop` fields `reason` in BL, `startedStopping` in RCX, `finishedStopping`
+/// in RDI).
+pub const RESTART_NO_ARGS: u64 = 0;
+/// Go 1.22: `worldStop{reason, start}`: RCX is the start.
+pub const RESTART_START_IN_RCX: u64 = 1;
+/// Go 1.23+: RCX is `startedStopping`, RDI `finishedStopping`.
+pub const RESTART_START_RCX_STOPPED_RDI: u64 = 2;
+
+/// Cookie flag of the `stw_end` probes (Go 1.21): a GC mark termination pause ends at
+/// `startTheWorldWithSema`'s entry, where `gcMarkTermination` took its own `now`
+/// just before; every other pause ends at the function's return value (RAX), the
+/// runtime's end timestamp.
+pub const STW_END_MARK_TERM_AT_ENTRY: u64 = 1;
 
 /// Indices into the per-CPU error counter array.
 pub mod errors {
@@ -184,17 +241,34 @@ pub mod errors {
     pub const COUNT: u32 = 5;
 }
 
-/// Log2 bucket of a duration in nanoseconds.
+/// Histogram bucket of a duration in nanoseconds (see [`STW_SUB`]).
 #[inline(always)]
-pub fn log2_bucket(ns: u64) -> usize {
-    if ns == 0 {
+pub fn pause_bucket(ns: u64) -> usize {
+    if ns < 1 << STW_MIN_OCTAVE {
         return 0;
     }
-    let b = 63 - ns.leading_zeros() as usize;
-    if b >= STW_BUCKETS {
-        STW_BUCKETS - 1
+    let octave = 63 - ns.leading_zeros();
+    if octave >= STW_MIN_OCTAVE + STW_OCTAVES as u32 {
+        return STW_BUCKETS - 1;
+    }
+    let sub = ((ns >> (octave - STW_SUB_BITS)) as usize) & (STW_SUB - 1);
+    1 + (octave - STW_MIN_OCTAVE) as usize * STW_SUB + sub
+}
+
+/// The bounds `[lo, hi)` in nanoseconds of bucket `b` (the first starts at 0, the
+/// last is open: `hi` is `u64::MAX`).
+pub fn pause_bucket_bounds(b: usize) -> (u64, u64) {
+    if b == 0 {
+        return (0, 1 << STW_MIN_OCTAVE);
+    }
+    let octave = STW_MIN_OCTAVE + ((b - 1) / STW_SUB) as u32;
+    let sub = ((b - 1) % STW_SUB) as u64;
+    let width = 1u64 << (octave - STW_SUB_BITS);
+    let lo = (1u64 << octave) + sub * width;
+    if b >= STW_BUCKETS - 1 {
+        (lo, u64::MAX)
     } else {
-        b
+        (lo, lo + width)
     }
 }
 
@@ -206,4 +280,36 @@ mod pod {
     unsafe impl aya::Pod for StwKey {}
     unsafe impl aya::Pod for StwStats {}
     unsafe impl aya::Pod for StwOpen {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_duration_falls_inside_its_bucket() {
+        let mut ns = 1u64;
+        while ns < 1 << 40 {
+            for d in [ns - 1, ns, ns + ns / 3] {
+                let b = pause_bucket(d);
+                let (lo, hi) = pause_bucket_bounds(b);
+                assert!(lo <= d && d < hi, "{d} ns in bucket {b} [{lo}, {hi})");
+                if b > 0 && b < STW_BUCKETS - 1 {
+                    // At most 1/8 of the lower bound wide.
+                    assert!((hi - lo) * 8 <= lo, "bucket {b} [{lo}, {hi}) too wide");
+                }
+            }
+            ns *= 2;
+        }
+        assert_eq!(pause_bucket(0), 0);
+        assert_eq!(pause_bucket(u64::MAX), STW_BUCKETS - 1);
+        // Buckets tile the line: each starts where the previous one ends.
+        for b in 1..STW_BUCKETS {
+            assert_eq!(
+                pause_bucket_bounds(b - 1).1,
+                pause_bucket_bounds(b).0,
+                "{b}"
+            );
+        }
+    }
 }

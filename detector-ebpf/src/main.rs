@@ -27,11 +27,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 use detector_common::{
-    errors, log2_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
+    errors, pause_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
     COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES,
-    MAX_PAUSED_PROBES, MAX_STW_KEYS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT,
-    STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM,
-    STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG,
+    MAX_PAUSED_PROBES, MAX_STW_KEYS, RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI,
+    STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
+    STW_END_MARK_TERM_AT_ENTRY, STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING,
+    STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG,
 };
 
 #[map]
@@ -41,7 +42,13 @@ static CALLS: PerCpuHashMap<CallKey, u64> = PerCpuHashMap::with_max_entries(MAX_
 /// at a time updates a key, and a per-CPU copy of the histograms would cost
 /// ~350 bytes × keys × CPUs of kernel memory for nothing.
 #[map]
-static STW: HashMap<StwKey, StwStats> = HashMap::with_max_entries(MAX_STW_KEYS, 0);
+static STW: HashMap<StwKey, StwStats> =
+    HashMap::with_max_entries(MAX_STW_KEYS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// One zeroed value: a new pause series is inserted from it (a `StwStats` is far
+/// larger than the 512-byte eBPF stack).
+#[map]
+static STW_ZERO: PerCpuArray<StwStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// One pause in flight per process: stop-the-world is serialised by worldsema.
 #[map]
@@ -212,15 +219,85 @@ pub fn stw_start(ctx: ProbeContext) -> u32 {
     let open = StwOpen {
         start_ns: now,
         reason,
+        stopped_ns: 0,
+        restart_ns: 0,
+        rt_start_ns: 0,
+        rt_stopped_ns: 0,
     };
     let _ = STW_OPEN.insert(&tgid, &open, 0);
     0
 }
 
+/// At each RET of `stopTheWorldWithSema`: every goroutine has stopped.
 #[uprobe]
-pub fn stw_end(_ctx: ProbeContext) -> u32 {
+pub fn stw_stopped(_ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let (tgid, _) = tgid_tid();
+    if let Some(open) = STW_OPEN.get_ptr_mut(&tgid) {
+        unsafe { (*open).stopped_ns = now };
+    }
+    0
+}
+
+/// At `startTheWorldWithSema`'s probe point (after its stack check, before anything
+/// spills the arguments): the runtime's own start and stopping timestamps, where the
+/// Go version passes them (see the `RESTART_*` cookies).
+#[uprobe]
+pub fn stw_restart(ctx: ProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (tgid, _) = tgid_tid();
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let regs = unsafe { &*ctx.regs };
+    if let Some(open) = STW_OPEN.get_ptr_mut(&tgid) {
+        unsafe {
+            (*open).restart_ns = now;
+            if cookie == RESTART_START_IN_RCX || cookie == RESTART_START_RCX_STOPPED_RDI {
+                (*open).rt_start_ns = regs.rcx;
+            }
+            if cookie == RESTART_START_RCX_STOPPED_RDI {
+                (*open).rt_stopped_ns = regs.rdi;
+            }
+        }
+    }
+    0
+}
+
+/// A runtime timestamp `t` when it is plausible for a pause seen from `lo` to `hi` by
+/// the kernel's clock (within 10 ms of it: the two are the same clock), else `or`.
+#[inline(always)]
+fn plausible(t: u64, lo: u64, hi: u64, or: u64) -> u64 {
+    if t != 0 && t <= hi && t.saturating_add(10_000_000) >= lo {
+        t
+    } else {
+        or
+    }
+}
+
+#[inline(always)]
+fn record(count: &mut u64, total: &mut u64, max: &mut u64, hist: &mut [u64; STW_BUCKETS], d: u64) {
+    *count += 1;
+    *total += d;
+    if d > *max {
+        *max = d;
+    }
+    // The verifier cannot follow the bucket arithmetic (the compiler proves the index
+    // in range and drops the check): read it back opaquely so the check stays.
+    let b = pause_bucket(d);
+    let b = unsafe { core::ptr::read_volatile(&b) };
+    if let Some(slot) = hist.get_mut(b) {
+        *slot += 1;
+    }
+}
+
+/// At each RET of `startTheWorldWithSema`: the pause ends. Its end is the function's
+/// return value (RAX: the runtime's `now` on 1.22+, its fresh `startTime` before),
+/// not this moment: the thread that restarted the world is often preempted by the
+/// goroutines it just woke, for milliseconds the runtime does not count.
+#[uprobe]
+pub fn stw_end(ctx: ProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (tgid, _) = tgid_tid();
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let open = match unsafe { STW_OPEN.get(&tgid) } {
         Some(o) => *o,
         None => {
@@ -229,7 +306,23 @@ pub fn stw_end(_ctx: ProbeContext) -> u32 {
         }
     };
     let _ = STW_OPEN.remove(&tgid);
-    let dur = now.saturating_sub(open.start_ns);
+    let rax = unsafe { (*ctx.regs).rax };
+    let mark_term =
+        open.reason & 0xff == STW_REASON_GC_MARK_TERM && open.reason & STW_REASON_STRING_FLAG == 0;
+    let end = if cookie & STW_END_MARK_TERM_AT_ENTRY != 0 && mark_term && open.restart_ns != 0 {
+        open.restart_ns
+    } else {
+        plausible(rax, open.start_ns, now, now)
+    };
+    let start = plausible(open.rt_start_ns, open.start_ns, end, open.start_ns);
+    let dur = end.saturating_sub(start);
+    let stopping = if open.rt_stopped_ns != 0 && open.rt_start_ns == start {
+        Some(open.rt_stopped_ns.saturating_sub(start))
+    } else if open.stopped_ns != 0 {
+        Some(open.stopped_ns.saturating_sub(open.start_ns))
+    } else {
+        None
+    };
     let key = StwKey {
         tgid,
         _pad: 0,
@@ -237,19 +330,29 @@ pub fn stw_end(_ctx: ProbeContext) -> u32 {
     };
     let mut stats = STW.get_ptr_mut(&key);
     if stats.is_none() {
-        let _ = STW.insert(&key, &StwStats::ZERO, BPF_NOEXIST as u64);
+        if let Some(zero) = STW_ZERO.get_ptr(0) {
+            let _ = STW.insert(&key, unsafe { &*zero }, BPF_NOEXIST as u64);
+        }
         stats = STW.get_ptr_mut(&key);
     }
     match stats {
         Some(s) => unsafe {
-            (*s).count += 1;
-            (*s).total_ns += dur;
-            if dur > (*s).max_ns {
-                (*s).max_ns = dur;
-            }
-            let b = log2_bucket(dur);
-            if let Some(slot) = (*s).hist.get_mut(b) {
-                *slot += 1;
+            let s = &mut *s;
+            record(
+                &mut s.count,
+                &mut s.total_ns,
+                &mut s.max_ns,
+                &mut s.hist,
+                dur,
+            );
+            if let Some(st) = stopping {
+                record(
+                    &mut s.stopping_count,
+                    &mut s.stopping_total_ns,
+                    &mut s.stopping_max_ns,
+                    &mut s.stopping_hist,
+                    st,
+                );
             }
         },
         None => count_error(errors::STW_MAP_FULL),

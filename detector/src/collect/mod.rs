@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use detector_common::{StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG};
+use detector_common::{
+    pause_bucket_bounds, StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG,
+};
 use serde::{Deserialize, Serialize};
 
 use detector_common::ArgMode;
@@ -125,11 +127,19 @@ pub struct PauseStats {
     pub reason: Reason,
     pub pauses: u64,
     pub per_second: f64,
+    /// Time stopped: from the request to stop the world until it runs again, as the
+    /// runtime counts it (`/sched/pauses/total/*`).
     pub total_ns: u64,
-    /// Percentiles are the upper bound of the log2 bucket holding them, capped at max.
+    /// Percentiles, interpolated in the bucket of the measured distribution that holds
+    /// them (at most 1/8 of an octave wide), capped at the maximum.
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// The stopping part of those pauses: until every goroutine reached a safe point
+    /// (`/sched/pauses/stopping/*`). A long one points at a goroutine that does not
+    /// reach a preemption point, not at the code that stopped the world.
+    #[serde(default)]
+    pub stopping: Option<Stopping>,
     /// Share of the window's wall time the process was stopped for this reason.
     pub wall_share: f64,
     /// Share of this process's total stopped time.
@@ -138,6 +148,17 @@ pub struct PauseStats {
     pub api: Option<String>,
     /// Its busiest call site (user code first).
     pub call_site: Option<CallSite>,
+}
+
+/// The stopping part of a reason's pauses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Pauses whose stopping part was measured.
+    pub pauses: u64,
+    pub total_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -151,6 +172,9 @@ pub struct Collected {
     pub stw_measured: bool,
     pub pauses_total: u64,
     pub stopped_ns: u64,
+    /// Of `stopped_ns`, the time spent stopping (bringing goroutines to a safe point).
+    #[serde(default)]
+    pub stopping_ns: u64,
     /// Share of wall time the process was stopped, all reasons.
     pub stopped_share: f64,
     /// Kernel-side counters of lost updates (map full, unreadable stack, ...).
@@ -239,20 +263,38 @@ fn measure_ticks_per_second() -> Option<f64> {
     None
 }
 
-fn percentile(s: &StwStats, q: f64) -> u64 {
-    if s.count == 0 {
+/// The `q` quantile of a histogram of `count` pauses: linear within the bucket that
+/// holds it, capped at the largest pause seen.
+fn percentile(hist: &[u64; STW_BUCKETS], count: u64, max_ns: u64, q: f64) -> u64 {
+    if count == 0 {
         return 0;
     }
-    let want = ((s.count as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (b, n) in s.hist.iter().enumerate().take(STW_BUCKETS) {
-        seen += n;
-        if seen >= want {
-            let upper = 1u64.checked_shl(b as u32 + 1).unwrap_or(u64::MAX);
-            return upper.min(s.max_ns);
+    let want = ((count as f64) * q).ceil().max(1.0);
+    let mut seen = 0.0;
+    for (b, &n) in hist.iter().enumerate() {
+        if n == 0 {
+            continue;
         }
+        if seen + n as f64 >= want {
+            let (lo, hi) = pause_bucket_bounds(b);
+            let hi = hi.min(max_ns.max(lo));
+            let at = lo as f64 + (want - seen) / n as f64 * (hi - lo) as f64;
+            return (at.round() as u64).min(max_ns);
+        }
+        seen += n as f64;
     }
-    s.max_ns
+    max_ns
+}
+
+/// The stopping part of `s`'s pauses, when measured.
+fn stopping_of(s: &StwStats) -> Option<Stopping> {
+    (s.stopping_count > 0).then(|| Stopping {
+        pauses: s.stopping_count,
+        total_ns: s.stopping_total_ns,
+        p50_ns: percentile(&s.stopping_hist, s.stopping_count, s.stopping_max_ns, 0.50),
+        p99_ns: percentile(&s.stopping_hist, s.stopping_count, s.stopping_max_ns, 0.99),
+        max_ns: s.stopping_max_ns,
+    })
 }
 
 /// The reason of a kernel pause key (reads Go 1.19 reason strings from the binary).
@@ -412,6 +454,7 @@ pub fn summarize(
     }
     let stopped_ns: u64 = by_reason.values().map(|s| s.total_ns).sum();
     let pauses_total: u64 = by_reason.values().map(|s| s.count).sum();
+    let stopping_ns: u64 = by_reason.values().map(|s| s.stopping_total_ns).sum();
     let wall_ns = duration_s * 1e9;
     let mut pauses: Vec<PauseStats> = by_reason
         .into_iter()
@@ -420,9 +463,10 @@ pub fn summarize(
             pauses: s.count,
             per_second: s.count as f64 / duration_s,
             total_ns: s.total_ns,
-            p50_ns: percentile(&s, 0.50),
-            p99_ns: percentile(&s, 0.99),
+            p50_ns: percentile(&s.hist, s.count, s.max_ns, 0.50),
+            p99_ns: percentile(&s.hist, s.count, s.max_ns, 0.99),
             max_ns: s.max_ns,
+            stopping: stopping_of(&s),
             wall_share: s.total_ns as f64 / wall_ns,
             stw_share: if stopped_ns == 0 {
                 0.0
@@ -457,6 +501,7 @@ pub fn summarize(
         stw_measured: plan.stw,
         pauses_total,
         stopped_ns,
+        stopping_ns,
         stopped_share: stopped_ns as f64 / wall_ns,
         kernel_errors: last.errors.to_vec(),
         cpu_seconds: samples.last().and_then(|s| s.cpu_s),
@@ -471,18 +516,29 @@ pub fn summarize(
 
 #[cfg(test)]
 mod tests {
+    use detector_common::pause_bucket;
+
     use super::*;
 
     #[test]
-    fn percentiles_come_from_log2_buckets() {
+    fn percentiles_come_from_the_measured_distribution() {
         let mut s = StwStats::ZERO;
-        // 99 pauses of ~1.5 µs (bucket 10: [1024, 2048) ns), one of 1 ms.
-        s.hist[10] = 99;
-        s.hist[19] = 1;
+        // 99 pauses spread over 10-20 µs, one of 1 ms.
+        for i in 0..99u64 {
+            s.hist[pause_bucket(10_000 + i * 100)] += 1;
+        }
+        s.hist[pause_bucket(1_000_000)] += 1;
         s.count = 100;
         s.max_ns = 1_000_000;
-        assert_eq!(percentile(&s, 0.5), 2048);
-        assert_eq!(percentile(&s, 0.99), 2048);
-        assert_eq!(percentile(&s, 1.0), 1_000_000);
+        let p = |q| percentile(&s.hist, s.count, s.max_ns, q);
+        // The true p50 is 14.9 µs, p99 19.8 µs: within a bucket (≤ 12.5 %) of each.
+        assert!((p(0.5) as f64 / 14_900.0 - 1.0).abs() < 0.125, "{}", p(0.5));
+        assert!(
+            (p(0.99) as f64 / 19_800.0 - 1.0).abs() < 0.125,
+            "{}",
+            p(0.99)
+        );
+        assert_eq!(p(1.0), 1_000_000);
+        assert_eq!(percentile(&s.hist, 0, 0, 0.5), 0);
     }
 }

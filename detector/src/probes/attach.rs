@@ -112,10 +112,12 @@ pub struct Snapshot {
     pub errors: [u64; errors::COUNT as usize],
 }
 
-const PROGRAMS: [Program; 5] = [
+const PROGRAMS: [Program; 7] = [
     Program::CountCall,
     Program::StwReason,
     Program::StwStart,
+    Program::StwStopped,
+    Program::StwRestart,
     Program::StwEnd,
     Program::ForcedGcExit,
 ];

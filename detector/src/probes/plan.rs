@@ -2,7 +2,8 @@
 //! at which file offset, with which cookie. Pure: computed from the binary alone.
 use detector_common::{
     cookie, stw_pending_cookie, ArgMode, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
-    STW_REASON_FROM_AL,
+    RESTART_NO_ARGS, RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI,
+    STW_END_MARK_TERM_AT_ENTRY, STW_REASON_FROM_AL,
 };
 use serde::Serialize;
 
@@ -18,6 +19,8 @@ pub enum Program {
     CountCall,
     StwReason,
     StwStart,
+    StwStopped,
+    StwRestart,
     StwEnd,
     ForcedGcExit,
 }
@@ -29,6 +32,8 @@ impl Program {
             Program::CountCall => "count_call",
             Program::StwReason => "stw_reason",
             Program::StwStart => "stw_start",
+            Program::StwStopped => "stw_stopped",
+            Program::StwRestart => "stw_restart",
             Program::StwEnd => "stw_end",
             Program::ForcedGcExit => "forced_gc_exit",
         }
@@ -122,6 +127,42 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 },
                 single_step: false,
             });
+            // Every goroutine stopped: the end of the stopping part.
+            for (vaddr, off) in start_pt.rets.iter().zip(&start_pt.ret_file_offsets) {
+                stw.push(PlannedProbe {
+                    api: Api::StwStart,
+                    symbol: start_sym,
+                    program: Program::StwStopped,
+                    vaddr: *vaddr,
+                    file_offset: *off,
+                    cookie: 0,
+                    single_step: false,
+                });
+            }
+            // The runtime's own timestamps, in startTheWorldWithSema's arguments.
+            stw.push(PlannedProbe {
+                api: Api::StwEnd,
+                symbol: end_sym,
+                program: Program::StwRestart,
+                vaddr: end_pt.probe_vaddr,
+                file_offset: end_pt.probe_file_offset,
+                cookie: if v.at_least(1, 23) {
+                    RESTART_START_RCX_STOPPED_RDI
+                } else if v.at_least(1, 22) {
+                    RESTART_START_IN_RCX
+                } else {
+                    RESTART_NO_ARGS
+                },
+                single_step: false,
+            });
+            // Go 1.21's gcMarkTermination takes its end timestamp just before it
+            // restarts the world; later releases pass it in, and earlier ones cannot
+            // tell mark from sweep termination (see docs/stw-timing.md).
+            let end_cookie = if v.at_least(1, 21) && !v.at_least(1, 22) {
+                STW_END_MARK_TERM_AT_ENTRY
+            } else {
+                0
+            };
             for (vaddr, off) in end_pt.rets.iter().zip(&end_pt.ret_file_offsets) {
                 stw.push(PlannedProbe {
                     api: Api::StwEnd,
@@ -129,7 +170,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                     program: Program::StwEnd,
                     vaddr: *vaddr,
                     file_offset: *off,
-                    cookie: 0,
+                    cookie: end_cookie,
                     single_step: false,
                 });
             }

@@ -108,17 +108,18 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     }
     let _ = writeln!(
         o,
-        "STOP-THE-WORLD: {} pauses ({:.1}/s), {} stopped, {} of wall time",
+        "STOP-THE-WORLD: {} pauses ({:.1}/s), {} stopped ({} of it stopping), {} of wall time",
         c.pauses_total,
         c.pauses_total as f64 / c.duration_s,
         fmt_ns(c.stopped_ns),
+        fmt_ns(c.stopping_ns),
         fmt_pct(c.stopped_share)
     );
     if !c.pauses.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<34} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6}  caused by",
-            "reason", "pauses", "/s", "total", "p50", "p99", "max", "share"
+            "  {:<34} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  caused by",
+            "reason", "pauses", "/s", "total", "p50", "p99", "max", "stopping", "share"
         );
     }
     for p in &c.pauses {
@@ -129,7 +130,7 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
         };
         let _ = writeln!(
             o,
-            "  {:<34} {:>7} {:>7.1} {:>10} {:>10} {:>10} {:>10} {:>6}  {cause}",
+            "  {:<34} {:>7} {:>7.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  {cause}",
             p.reason.name,
             p.pauses,
             p.per_second,
@@ -137,6 +138,9 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
             fmt_ns(p.p50_ns),
             fmt_ns(p.p99_ns),
             fmt_ns(p.max_ns),
+            p.stopping
+                .as_ref()
+                .map_or("-".into(), |st| fmt_ns(st.total_ns)),
             fmt_pct(p.stw_share)
         );
     }

@@ -4,8 +4,8 @@
 //! synchronous scavenge of the whole heap. One call at a phase boundary is fine: a
 //! finding needs `periodic_min_calls` calls from user code in the window.
 use super::{
-    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, periodic_line, shared, site_lines, stw_severity,
-    user_calls, Finding, Rule, Thresholds,
+    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, periodic_line, shared, site_lines,
+    stopping_line, stw_severity, user_calls, Finding, Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::Collected;
@@ -101,6 +101,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
         evidence.push(pause_line(pauses, "forced-collection", total_ns, p99));
+        evidence.extend(stopping_line(c.pauses.iter().filter(|p| p.reason.forced)));
     }
     vec![Finding {
         rule: case.rule.id,

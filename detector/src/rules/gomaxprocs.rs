@@ -2,8 +2,8 @@
 //! query (the standard library's sync.Pool makes it all the time) and never counts;
 //! n > 0 takes the scheduler lock and, when n differs, stops the world to resize.
 use super::{
-    fmt_pct, pause_line, pauses_with, site_lines, stw_severity, user_calls, Finding, Param, Rule,
-    Severity, Thresholds,
+    fmt_pct, pause_line, pauses_with, site_lines, stopping_line, stw_severity, user_calls, Finding,
+    Param, Rule, Severity, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{stw::GOMAXPROCS, Collected};
@@ -62,6 +62,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             total,
             p99,
         ));
+        evidence.extend(stopping_line(p));
     }
     // Same-value calls only take the scheduler lock; changing values stop the world.
     let severity = if count > 0 {

@@ -367,6 +367,27 @@ pub(crate) fn pause_line(count: u64, what: &str, total_ns: u64, p99_ns: u64) -> 
     )
 }
 
+/// The evidence line for the stopping part of a rule's pauses, when measured: the time
+/// until every goroutine reached a safe point (a long one points at a goroutine that
+/// does not reach a preemption point, not at the caller).
+pub(crate) fn stopping_line<'a>(
+    pauses: impl IntoIterator<Item = &'a PauseStats>,
+) -> Option<String> {
+    let (n, total, p99) = pauses
+        .into_iter()
+        .filter_map(|p| p.stopping.as_ref())
+        .fold((0, 0, 0), |(n, t, p99), s| {
+            (n + s.pauses, t + s.total_ns, p99.max(s.p99_ns))
+        });
+    (n > 0).then(|| {
+        format!(
+            "of which {} stopping (until every goroutine reached a safe point), p99 {}",
+            fmt_ns(total),
+            fmt_ns(p99)
+        )
+    })
+}
+
 /// Pauses of the collector forced by the program (inside runtime.GC), merged.
 pub(crate) fn forced_gc_pauses(c: &Collected) -> (u64, u64, u64) {
     c.pauses

@@ -3,8 +3,8 @@
 //! Every call stops the world (reason "read mem stats"). Once per scrape interval is
 //! harmless; per request or in a loop, the pauses land in every request's latency.
 use super::{
-    active_fraction, fmt_pct, pause_line, shared, site_lines, Finding, Param, Rule, Severity,
-    Thresholds,
+    active_fraction, fmt_pct, pause_line, shared, site_lines, stopping_line, Finding, Param, Rule,
+    Severity, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{stw::READ_MEM_STATS, Collected};
@@ -70,6 +70,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     evidence.extend(site_lines(calls, 5));
     if c.stw_measured {
         evidence.push(pause_line(count, "\"read mem stats\"", total, p99));
+        evidence.extend(stopping_line(pause));
     }
     vec![Finding {
         rule: RULE.id,

@@ -2,8 +2,8 @@
 //! runtime stops the world and formats every goroutine's stack; with all=false it
 //! only walks the caller's stack and is cheap, so only all=true calls count.
 use super::{
-    fmt_ns, fmt_pct, pause_line, pauses_with, periodic_line, shared, site_lines, stw_severity,
-    user_calls, Finding, Rule, Thresholds,
+    fmt_ns, fmt_pct, pause_line, pauses_with, periodic_line, shared, site_lines, stopping_line,
+    stw_severity, user_calls, Finding, Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{stw::STACK_TRACE, Collected};
@@ -40,6 +40,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             total,
             p99,
         ));
+        evidence.extend(stopping_line(p));
     }
     vec![Finding {
         rule: RULE.id,

@@ -5,7 +5,7 @@
 //! function called, one histogram per pause reason seen, one per active finding.
 use std::sync::{Arc, Mutex};
 
-use detector_common::StwStats;
+use detector_common::{pause_bucket_bounds, STW_BUCKETS};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -17,8 +17,9 @@ use super::agent::Exported;
 
 /// Kernel log2 buckets exported: from 2^10 ns (pauses below ~1 µs are folded into the
 /// first bucket) up to 2^34 ns (~17 s; longer ones only in +Inf).
-const FIRST_BUCKET: usize = 10;
-const LAST_BUCKET: usize = 34;
+/// The exported histogram's first and last finite bounds: 2^12 ns (4 µs) and 2^34 ns.
+const FIRST_OCTAVE: u32 = 12;
+const LAST_OCTAVE: u32 = 34;
 
 #[derive(Debug)]
 struct StateCollector(Arc<Mutex<Exported>>);
@@ -29,22 +30,21 @@ fn pid(p: u32) -> Labels {
     vec![("pid", p.to_string())]
 }
 
-/// (upper bound in seconds, count in this bucket) from a log2 histogram, two kernel
-/// buckets per exported bucket (bounds ×4: 4 µs, 16 µs, ... 17 s, +Inf): 13 series
-/// per reason instead of 26, still fine enough for p99s.
-fn buckets(s: &StwStats) -> Vec<(f64, u64)> {
-    let mut out = Vec::with_capacity((LAST_BUCKET - FIRST_BUCKET) / 2 + 2);
-    let below: u64 = s.hist.iter().take(FIRST_BUCKET).sum();
-    let mut i = FIRST_BUCKET;
-    while i < LAST_BUCKET {
-        // Kernel buckets i and i+1 hold [2^i, 2^(i+2)) ns.
-        let n = s.hist[i] + s.hist[i + 1] + if i == FIRST_BUCKET { below } else { 0 };
-        out.push(((1u64 << (i + 2)) as f64 / 1e9, n));
-        i += 2;
+/// (upper bound in seconds, count in this bucket) from a kernel pause histogram,
+/// exported with bounds ×4 from 4 µs to 17 s, then +Inf: 13 series per reason, still
+/// fine enough for p99s. Kernel buckets tile powers of two, so none straddles a bound.
+fn buckets(hist: &[u64; STW_BUCKETS]) -> Vec<(f64, u64)> {
+    let bounds: Vec<u64> = (FIRST_OCTAVE..=LAST_OCTAVE)
+        .step_by(2)
+        .map(|o| 1u64 << o)
+        .collect();
+    let mut out: Vec<(f64, u64)> = bounds.iter().map(|b| (*b as f64 / 1e9, 0)).collect();
+    out.push((f64::INFINITY, 0));
+    for (b, &n) in hist.iter().enumerate() {
+        let hi = pause_bucket_bounds(b).1;
+        let i = bounds.iter().position(|&e| hi <= e).unwrap_or(bounds.len());
+        out[i].1 += n;
     }
-    // Every histogram ends with +Inf (the longer pauses land only there).
-    let beyond: u64 = s.hist.iter().skip(LAST_BUCKET).sum();
-    out.push((f64::INFINITY, beyond));
     out
 }
 
@@ -97,7 +97,27 @@ impl Collector for StateCollector {
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                         s.total_ns as f64 / 1e9,
                         s.count,
-                        &buckets(s),
+                        &buckets(&s.hist),
+                        None,
+                    )?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "detector_stw_stopping_seconds",
+            "The stopping part of stop-the-world pauses (until every goroutine reached a safe point), by reason, since attach",
+            None,
+            MetricType::Histogram,
+        )?;
+        for p in procs {
+            for (reason, s) in p.pauses.iter().filter(|(_, s)| s.stopping_count > 0) {
+                let mut l = pid(p.pid);
+                l.push(("reason", reason.clone()));
+                m.encode_family(&l)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        s.stopping_total_ns as f64 / 1e9,
+                        s.stopping_count,
+                        &buckets(&s.stopping_hist),
                         None,
                     )?;
             }
@@ -345,6 +365,8 @@ pub fn registry(state: Arc<Mutex<Exported>>) -> Registry {
 
 #[cfg(test)]
 mod tests {
+    use detector_common::pause_bucket;
+
     use super::*;
 
     #[test]
@@ -357,18 +379,20 @@ mod tests {
     }
 
     #[test]
-    fn log2_buckets_become_seconds() {
-        let mut s = StwStats::ZERO;
-        s.hist[3] = 2; // 8-16 ns: folded into the first bucket
-        s.hist[10] = 1;
-        s.hist[11] = 5;
-        s.hist[20] = 4;
-        s.hist[36] = 7; // ~69 s: only in +Inf
-        let b = buckets(&s);
-        assert_eq!(b[0], (4096.0 / 1e9, 8));
+    fn kernel_buckets_become_seconds() {
+        let mut h = [0u64; STW_BUCKETS];
+        h[pause_bucket(10)] = 2; // below the first bound
+        h[pause_bucket(3_000)] = 1;
+        h[pause_bucket(4_095)] = 5; // just under 4 µs
+        h[pause_bucket(4_096)] = 3; // exactly 4 µs: the next bucket
+        h[pause_bucket(3_000_000)] = 4; // 3 ms: the (1 ms, 4.2 ms] bucket
+        h[pause_bucket(69_000_000_000)] = 7; // ~69 s: only in +Inf
+        let b = buckets(&h);
         assert_eq!(b.len(), 13);
+        assert_eq!(b[0], (4096.0 / 1e9, 8));
+        assert_eq!(b[1], (16384.0 / 1e9, 3));
         assert_eq!(b[5], ((1u64 << 22) as f64 / 1e9, 4));
         assert_eq!(b.last(), Some(&(f64::INFINITY, 7)));
-        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 2 + 1 + 5 + 4 + 7);
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 2 + 1 + 5 + 3 + 4 + 7);
     }
 }

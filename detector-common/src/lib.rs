@@ -208,6 +208,12 @@ pub struct StwOpen {
     /// `startTheWorldWithSema`'s probe point (Go 1.22+ and 1.23+; 0 when unknown).
     pub rt_start_ns: u64,
     pub rt_stopped_ns: u64,
+    /// Go 1.22: the stopping time the runtime recorded, read from its
+    /// `timeHistogram.record` call in `stopTheWorldWithSema` (0 when unknown).
+    pub rt_stopping_ns: u64,
+    /// 1 when the pause ends at `restart_ns` rather than at the function's return
+    /// value (see the `RESTART_*` cookies).
+    pub end_at_restart: u64,
 }
 
 /// Cookie of the `stw_restart` probe: which of `startTheWorldWithSema`'s arguments
@@ -219,12 +225,13 @@ pub const RESTART_NO_ARGS: u64 = 0;
 pub const RESTART_START_IN_RCX: u64 = 1;
 /// Go 1.23+: RCX is `startedStopping`, RDI `finishedStopping`.
 pub const RESTART_START_RCX_STOPPED_RDI: u64 = 2;
-
-/// Cookie flag of the `stw_end` probes (Go 1.21): a GC mark termination pause ends at
-/// `startTheWorldWithSema`'s entry, where `gcMarkTermination` took its own `now`
-/// just before; every other pause ends at the function's return value (RAX), the
-/// runtime's end timestamp.
-pub const STW_END_MARK_TERM_AT_ENTRY: u64 = 1;
+/// Go 1.21: no arguments. A mark termination pause (reason 1) ends at the entry:
+/// `gcMarkTermination` took its own end timestamp just before; every other pause ends
+/// at the function's return value (RAX), the runtime's end timestamp.
+pub const RESTART_GO121: u64 = 3;
+/// Go 1.19: AL is `emitTraceEvent`, true only from `gcMarkTermination` (and the rare
+/// mark restart): a collector pause restarted with it set ends at the entry.
+pub const RESTART_GO119: u64 = 4;
 
 /// Indices into the per-CPU error counter array.
 pub mod errors {

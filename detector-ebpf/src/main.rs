@@ -29,10 +29,10 @@ use aya_ebpf::{
 use detector_common::{
     errors, pause_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
     COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES,
-    MAX_PAUSED_PROBES, MAX_STW_KEYS, RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI,
-    STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
-    STW_END_MARK_TERM_AT_ENTRY, STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING,
-    STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG,
+    MAX_PAUSED_PROBES, MAX_STW_KEYS, RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX,
+    RESTART_START_RCX_STOPPED_RDI, STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT,
+    STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM,
+    STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG,
 };
 
 #[map]
@@ -223,6 +223,8 @@ pub fn stw_start(ctx: ProbeContext) -> u32 {
         restart_ns: 0,
         rt_start_ns: 0,
         rt_stopped_ns: 0,
+        rt_stopping_ns: 0,
+        end_at_restart: 0,
     };
     let _ = STW_OPEN.insert(&tgid, &open, 0);
     0
@@ -235,6 +237,18 @@ pub fn stw_stopped(_ctx: ProbeContext) -> u32 {
     let (tgid, _) = tgid_tid();
     if let Some(open) = STW_OPEN.get_ptr_mut(&tgid) {
         unsafe { (*open).stopped_ns = now };
+    }
+    0
+}
+
+/// Go 1.22, at `stopTheWorldWithSema`'s calls of `(*timeHistogram).record` (the
+/// stopping-time histograms): the duration being recorded, the second argument (RBX).
+#[uprobe]
+pub fn stw_stopping(ctx: ProbeContext) -> u32 {
+    let (tgid, _) = tgid_tid();
+    let d = unsafe { (*ctx.regs).rbx };
+    if let Some(open) = STW_OPEN.get_ptr_mut(&tgid) {
+        unsafe { (*open).rt_stopping_ns = d };
     }
     0
 }
@@ -256,6 +270,18 @@ pub fn stw_restart(ctx: ProbeContext) -> u32 {
             }
             if cookie == RESTART_START_RCX_STOPPED_RDI {
                 (*open).rt_stopped_ns = regs.rdi;
+            }
+            let reason = (*open).reason;
+            let mark_term = cookie == RESTART_GO121 && reason == STW_REASON_GC_MARK_TERM;
+            // Go 1.19: a collector pause (no reason string) restarted by
+            // gcMarkTermination, which alone passes emitTraceEvent = true.
+            let collector = reason & !(STW_REASON_STRING_FLAG | STW_FORCED_GC_FLAG) == 0;
+            let go119_mark_term = cookie == RESTART_GO119
+                && reason & STW_REASON_STRING_FLAG != 0
+                && collector
+                && regs.rax & 0xff == 1;
+            if mark_term || go119_mark_term {
+                (*open).end_at_restart = 1;
             }
         }
     }
@@ -297,7 +323,6 @@ fn record(count: &mut u64, total: &mut u64, max: &mut u64, hist: &mut [u64; STW_
 pub fn stw_end(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let (tgid, _) = tgid_tid();
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let open = match unsafe { STW_OPEN.get(&tgid) } {
         Some(o) => *o,
         None => {
@@ -307,9 +332,7 @@ pub fn stw_end(ctx: ProbeContext) -> u32 {
     };
     let _ = STW_OPEN.remove(&tgid);
     let rax = unsafe { (*ctx.regs).rax };
-    let mark_term =
-        open.reason & 0xff == STW_REASON_GC_MARK_TERM && open.reason & STW_REASON_STRING_FLAG == 0;
-    let end = if cookie & STW_END_MARK_TERM_AT_ENTRY != 0 && mark_term && open.restart_ns != 0 {
+    let end = if open.end_at_restart != 0 && open.restart_ns != 0 {
         open.restart_ns
     } else {
         plausible(rax, open.start_ns, now, now)
@@ -318,8 +341,10 @@ pub fn stw_end(ctx: ProbeContext) -> u32 {
     let dur = end.saturating_sub(start);
     let stopping = if open.rt_stopped_ns != 0 && open.rt_start_ns == start {
         Some(open.rt_stopped_ns.saturating_sub(start))
-    } else if open.stopped_ns != 0 {
-        Some(open.stopped_ns.saturating_sub(open.start_ns))
+    } else if open.rt_stopping_ns != 0 && open.rt_stopping_ns <= dur {
+        Some(open.rt_stopping_ns)
+    } else if open.stopped_ns > start {
+        Some(open.stopped_ns - start)
     } else {
         None
     };

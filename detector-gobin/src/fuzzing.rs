@@ -170,6 +170,7 @@ pub fn binary(bin: &GoBinary) {
         let _ = bin.func_at(f.end.saturating_sub(1));
         let _ = bin.probe_point(f);
         let _ = bin.call_targets(f);
+        let _ = bin.call_sites(f, f.entry);
         let _ = bin.func_by_name(&f.name);
         let _ = bin.file_offset(f.entry);
     }

@@ -594,6 +594,26 @@ impl GoBinary {
     /// runtime.duffcopy (Duff's devices). Empty when `f` is larger than
     /// [`MAX_FUNCTION_SIZE`] or not mapped from the file.
     pub fn call_targets(&self, f: &Func) -> Vec<u64> {
+        let mut seen = HashSet::new();
+        self.direct_calls(f)
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| seen.insert(*t))
+            .collect()
+    }
+
+    /// The addresses of the CALL instructions in `f` that call `target` directly, in
+    /// instruction order (a probe there sees the call's arguments in their registers).
+    pub fn call_sites(&self, f: &Func, target: u64) -> Vec<u64> {
+        self.direct_calls(f)
+            .into_iter()
+            .filter(|(_, t)| *t == target)
+            .map(|(site, _)| site)
+            .collect()
+    }
+
+    /// Every direct call in `f`: (address of the CALL instruction, its target).
+    fn direct_calls(&self, f: &Func) -> Vec<(u64, u64)> {
         let size = f.end.saturating_sub(f.entry);
         if size == 0 || size > MAX_FUNCTION_SIZE || !self.elf.is_executable_addr(f.entry) {
             return Vec::new();
@@ -606,17 +626,13 @@ impl GoBinary {
         };
         let mut decoder = Decoder::with_ip(64, code, f.entry, DecoderOptions::NONE);
         let mut ins = Instruction::default();
-        let mut seen = HashSet::new();
         let mut out = Vec::new();
         while decoder.can_decode() {
             decoder.decode_out(&mut ins);
             if ins.mnemonic() == Mnemonic::Call
                 && matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32)
             {
-                let t = ins.near_branch_target();
-                if seen.insert(t) {
-                    out.push(t);
-                }
+                out.push((ins.ip(), ins.near_branch_target()));
             }
         }
         out

@@ -187,6 +187,18 @@ fn check(minor: u32) {
     };
     if minor >= 22 {
         for (kind, d) in [("gc", gc), ("other", other)] {
+            let st = format!("stopping_{kind}");
+            eprintln!(
+                "{what} {kind}: pauses {} vs {}, total {:.1} µs vs [{:.1}, {:.1}], stopping {:.1} µs vs [{:.1}, {:.1}]",
+                d.0,
+                num(&format!("{kind}_count")),
+                d.1 / 1e3,
+                num(&format!("{kind}_lo_ns")) / 1e3,
+                num(&format!("{kind}_hi_ns")) / 1e3,
+                d.3 / 1e3,
+                num(&format!("{st}_lo_ns")) / 1e3,
+                num(&format!("{st}_hi_ns")) / 1e3,
+            );
             assert_eq!(
                 d.0,
                 num(&format!("{kind}_count")) as u64,
@@ -227,6 +239,12 @@ fn check(minor: u32) {
             .map(|l| gctrace_pauses(l))
             .fold((0.0, 0.0), |(a, c), (x, y)| (a + x, c + y));
         let truth = a + c;
+        eprintln!(
+            "{what} gc: pauses {} vs 2 × {cycles}, total {:.1} µs vs gctrace {:.1} µs",
+            gc.0,
+            gc.1 / 1e3,
+            truth / 1e3
+        );
         assert!(
             (gc.1 / truth - 1.0).abs() <= 0.15,
             "{what}: detector's GC pauses {:.1} µs, gctrace's {:.1} µs (sweep {:.1} + mark {:.1})",

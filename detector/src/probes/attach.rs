@@ -112,11 +112,12 @@ pub struct Snapshot {
     pub errors: [u64; errors::COUNT as usize],
 }
 
-const PROGRAMS: [Program; 7] = [
+const PROGRAMS: [Program; 8] = [
     Program::CountCall,
     Program::StwReason,
     Program::StwStart,
     Program::StwStopped,
+    Program::StwStopping,
     Program::StwRestart,
     Program::StwEnd,
     Program::ForcedGcExit,

@@ -2,8 +2,8 @@
 //! at which file offset, with which cookie. Pure: computed from the binary alone.
 use detector_common::{
     cookie, stw_pending_cookie, ArgMode, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
-    RESTART_NO_ARGS, RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI,
-    STW_END_MARK_TERM_AT_ENTRY, STW_REASON_FROM_AL,
+    RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI,
+    STW_REASON_FROM_AL,
 };
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ pub enum Program {
     StwReason,
     StwStart,
     StwStopped,
+    StwStopping,
     StwRestart,
     StwEnd,
     ForcedGcExit,
@@ -33,6 +34,7 @@ impl Program {
             Program::StwReason => "stw_reason",
             Program::StwStart => "stw_start",
             Program::StwStopped => "stw_stopped",
+            Program::StwStopping => "stw_stopping",
             Program::StwRestart => "stw_restart",
             Program::StwEnd => "stw_end",
             Program::ForcedGcExit => "forced_gc_exit",
@@ -139,6 +141,21 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                     single_step: false,
                 });
             }
+            // Go 1.22 passes no stopping timestamp: its duration is read where
+            // stopTheWorldWithSema records it.
+            if v.at_least(1, 22) && !v.at_least(1, 23) {
+                for (vaddr, off) in stopping_records(bin, start_pt.entry) {
+                    stw.push(PlannedProbe {
+                        api: Api::StwStart,
+                        symbol: start_sym,
+                        program: Program::StwStopping,
+                        vaddr,
+                        file_offset: off,
+                        cookie: 0,
+                        single_step: false,
+                    });
+                }
+            }
             // The runtime's own timestamps, in startTheWorldWithSema's arguments.
             stw.push(PlannedProbe {
                 api: Api::StwEnd,
@@ -150,19 +167,13 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                     RESTART_START_RCX_STOPPED_RDI
                 } else if v.at_least(1, 22) {
                     RESTART_START_IN_RCX
+                } else if v.at_least(1, 21) {
+                    RESTART_GO121
                 } else {
-                    RESTART_NO_ARGS
+                    RESTART_GO119
                 },
                 single_step: false,
             });
-            // Go 1.21's gcMarkTermination takes its end timestamp just before it
-            // restarts the world; later releases pass it in, and earlier ones cannot
-            // tell mark from sweep termination (see docs/stw-timing.md).
-            let end_cookie = if v.at_least(1, 21) && !v.at_least(1, 22) {
-                STW_END_MARK_TERM_AT_ENTRY
-            } else {
-                0
-            };
             for (vaddr, off) in end_pt.rets.iter().zip(&end_pt.ret_file_offsets) {
                 stw.push(PlannedProbe {
                     api: Api::StwEnd,
@@ -170,7 +181,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                     program: Program::StwEnd,
                     vaddr: *vaddr,
                     file_offset: *off,
-                    cookie: end_cookie,
+                    cookie: 0,
                     single_step: false,
                 });
             }
@@ -198,6 +209,22 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             .is_some_and(crate::gobin::prologue::kernel_emulates);
     }
     plan
+}
+
+/// The calls of `(*timeHistogram).record` in the Go 1.22 `stopTheWorldWithSema` at
+/// `entry` (one for GC pauses, one for the others): (address, file offset).
+fn stopping_records(bin: &GoBinary, entry: u64) -> Vec<(u64, u64)> {
+    let (Some(f), Some(record)) = (
+        bin.func_at(entry),
+        bin.func_by_name("runtime.(*timeHistogram).record"),
+    ) else {
+        return vec![];
+    };
+    bin.call_sites(&f, record.entry)
+        .into_iter()
+        .take(2)
+        .filter_map(|site| Some((site, bin.file_offset(site)?)))
+        .collect()
 }
 
 /// A counted function: one probe at its probe point; `runtime.GC` also gets one on

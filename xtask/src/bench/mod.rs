@@ -302,19 +302,33 @@ struct Hitbench {
     proc: Guard,
     stdin: Option<ChildStdin>,
     out: Receiver<String>,
+    /// Its stderr, when started with gctrace on ([`Hitbench::start_gctrace`]).
+    err: Option<Receiver<String>>,
     pid: u32,
 }
 
 impl Hitbench {
     fn start(bin: &Path, args: &[&str]) -> Result<Hitbench> {
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        Self::spawn(bin, args, false)
+    }
+
+    /// The same with `GODEBUG=gctrace=1`, its stderr kept.
+    fn start_gctrace(bin: &Path, args: &[&str]) -> Result<Hitbench> {
+        Self::spawn(bin, args, true)
+    }
+
+    fn spawn(bin: &Path, args: &[&str], gctrace: bool) -> Result<Hitbench> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        if gctrace {
+            cmd.env("GODEBUG", "gctrace=1").stderr(Stdio::piped());
+        }
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", bin.display()))?;
         let stdin = child.stdin.take();
         let out = lines(child.stdout.take().expect("piped"));
+        let err = child.stderr.take().map(lines);
         let proc = Guard(child);
         let ready = next_line(&out, Duration::from_secs(30), |l| l.starts_with("ready "))
             .with_context(|| format!("{} did not print `ready pid=N`", bin.display()))?;
@@ -326,6 +340,7 @@ impl Hitbench {
             proc,
             stdin,
             out,
+            err,
             pid,
         })
     }

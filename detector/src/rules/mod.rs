@@ -6,6 +6,7 @@ mod caller;
 mod cpuprofile;
 mod finalizer;
 mod forcedgc;
+mod gctunables;
 mod gomaxprocs;
 mod lockosthread;
 mod numgoroutine;
@@ -223,6 +224,7 @@ pub const RULES: &[Rule] = &[
     finalizer::LEAK_RULE,
     cpuprofile::UNBOUNDED_RULE,
     forcedgc::FREEOSMEMORY_RULE,
+    gctunables::RULE,
 ];
 
 /// Catalog cases no rule can observe, with the reason (shown by `detector rules`).

@@ -101,11 +101,27 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let gogc = user_calls(c, Api::SetGcPercent, |_| true);
     let limit = user_calls(c, Api::SetMemoryLimit, |l| l >= 0);
     let calls = gogc.as_ref().map_or(0, |u| u.calls) + limit.as_ref().map_or(0, |u| u.calls);
-    let rate = calls as f64 / c.duration_s;
     let stats: Vec<&CallStats> = gogc.iter().chain(&limit).map(|u| u.stats).collect();
     let active = sustained(&stats);
     let threshold = t.get(&GC_TUNABLE_PER_SECOND);
-    if calls == 0 || rate < threshold || active < t.get(&shared::SUSTAINED_FRACTION) {
+    // A probe the overhead budget duty-cycled counts a key seen fewer than 5 times
+    // without scaling it up (probes::budget), and its ticks are empty while it is off:
+    // at a tight budget a hot API can show a handful of calls in one tick. A probe is
+    // only cycled when its calls cost the budget, so its calls are then judged by their
+    // rate over the time it was live, and the ticks are not required.
+    let cycled = stats.iter().any(|s| s.sampled.is_some());
+    let live_rate: f64 = stats
+        .iter()
+        .zip(gogc.iter().chain(&limit))
+        .map(|(s, u)| u.calls as f64 / (c.duration_s * s.sampled.unwrap_or(1.0).max(1e-3)))
+        .sum();
+    let mut rate = calls as f64 / c.duration_s;
+    let from_live_time = cycled && rate < threshold;
+    if from_live_time {
+        rate = live_rate;
+    }
+    let steady = cycled || active >= t.get(&shared::SUSTAINED_FRACTION);
+    if calls < 2 || rate < threshold || !steady {
         return vec![];
     }
     let off: u64 = gogc.as_ref().map_or(0, |u| {
@@ -126,11 +142,18 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             .sum()
     });
 
-    let mut evidence = vec![format!(
-        "{calls} calls from user code in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
-        c.duration_s,
-        active * 100.0
-    )];
+    let mut evidence = vec![if from_live_time {
+        format!(
+            "{calls} calls from user code seen while the probes were live, about {rate:.1}/s over that time (the overhead budget kept them off most of the {:.1} s window)",
+            c.duration_s
+        )
+    } else {
+        format!(
+            "{calls} calls from user code in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
+            c.duration_s,
+            active * 100.0
+        )
+    }];
     if let Some(u) = &gogc {
         evidence.push(format!(
             "{}: {} calls ({:.1}/s): percent {}",
@@ -208,6 +231,51 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The go1.19.8 misuse run, cut down to what a tight overhead budget leaves: one
+    /// call of each value, all in the first tick.
+    fn seen_in_one_tick(sampled: Option<f64>) -> Collected {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/rules/testdata/go1.19.8/gctunables-misuse.json"
+        );
+        let mut c: Collected =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).unwrap();
+        for s in c.calls.iter_mut() {
+            if s.func == Api::SetGcPercent || s.func == Api::SetMemoryLimit {
+                for a in s
+                    .args
+                    .iter_mut()
+                    .chain(s.sites.iter_mut().flat_map(|x| &mut x.args))
+                {
+                    a.calls = 1;
+                }
+                for site in s.sites.iter_mut() {
+                    site.calls = site.args.len() as u64;
+                }
+                s.calls = s.args.len() as u64;
+                s.per_tick = vec![s.calls, 0, 0];
+                s.user_per_tick = s.per_tick.clone();
+                s.sampled = sampled;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn a_duty_cycled_probe_is_judged_over_its_live_time() {
+        let t = Thresholds::default();
+        // 4 calls in 3 s, one tick of three: a burst, when the probes were live.
+        assert!(judge(&seen_in_one_tick(None), &t).is_empty());
+        // The same 4 calls seen in 1.7% of the window: about 80/s.
+        let f = judge(&seen_in_one_tick(Some(0.017)), &t);
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].evidence[0].contains("about 78.4/s"),
+            "{:?}",
+            f[0].evidence
+        );
+    }
 
     #[test]
     fn values_read_as_go_writes_them() {

@@ -5,6 +5,10 @@
 //! A misuse cell expects its case's rule and nothing else; a fixed cell and the
 //! healthy service expect no finding at all. Every rule is judged on every cell, so
 //! a rule firing on the wrong case counts as a false positive.
+//!
+//! The same runs record the rules' golden data ([`record_golden`], `cargo xtask
+//! golden`): the `collected` facts of each case × variant, which the unit test
+//! detector/src/rules/golden.rs judges again without eBPF, root or Go.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write,
@@ -163,11 +167,23 @@ pub struct Settings {
 
 /// Runs one cell: start the fixture, wait for `ready`, diagnose, read the findings.
 pub fn run_cell(cell: &Cell, detector: &Path, settings: &Settings) -> Outcome {
-    let fail = |e: String| Outcome {
-        cell: cell.clone(),
-        fired: BTreeSet::new(),
-        error: Some(e),
-        sampled: BTreeSet::new(),
+    run_cell_json(cell, detector, settings).0
+}
+
+/// [`run_cell`], also returning detector's JSON report when it produced one.
+pub fn run_cell_json(
+    cell: &Cell,
+    detector: &Path,
+    settings: &Settings,
+) -> (Outcome, Option<Value>) {
+    let fail = |e: String| {
+        let o = Outcome {
+            cell: cell.clone(),
+            fired: BTreeSet::new(),
+            error: Some(e),
+            sampled: BTreeSet::new(),
+        };
+        (o, None)
     };
     let child = Command::new(&cell.binary)
         .args(["-case", cell.case, "-variant", cell.variant()])
@@ -235,12 +251,72 @@ pub fn run_cell(cell: &Cell, detector: &Path, settings: &Settings) -> Outcome {
             fired.len()
         ));
     }
-    Outcome {
+    let o = Outcome {
         cell: cell.clone(),
         fired,
         error: None,
         sampled,
+    };
+    (o, Some(json))
+}
+
+/// The golden data of a cell: `<dir>/<go>/<case>-<variant>.json`, read by the rules'
+/// unit test (detector/src/rules/golden.rs).
+pub fn golden_path(dir: &Path, cell: &Cell) -> PathBuf {
+    dir.join(&cell.go)
+        .join(format!("{}-{}.json", cell.case, cell.variant()))
+}
+
+/// Records golden data: runs each cell live and writes the `collected` object of its
+/// report, pretty-printed, to [`golden_path`]. A cell whose live findings are not
+/// the expected ones (or that fails) is retried once, then left unwritten and
+/// reported. Returns the outcomes, in the order of `cells`.
+pub fn record_golden(
+    cells: &[Cell],
+    detector: &Path,
+    settings: &Settings,
+    dir: &Path,
+) -> Vec<Outcome> {
+    let mut outcomes = vec![];
+    for cell in cells {
+        let mut attempt = run_cell_json(cell, detector, settings);
+        if !attempt.0.correct() {
+            eprintln!("retry {}{}", cell.name(), describe(&attempt.0));
+            attempt = run_cell_json(cell, detector, settings);
+        }
+        let (mut o, json) = attempt;
+        let path = golden_path(dir, cell);
+        if o.correct() {
+            let written = json
+                .ok_or_else(|| "no report".to_string())
+                .and_then(|j| {
+                    // Through the type the rules read, so that the file is known to load.
+                    serde_json::from_value::<detector::collect::Collected>(j["collected"].clone())
+                        .map_err(|e| format!("`collected` does not deserialise: {e}"))
+                })
+                .and_then(|c| {
+                    let text = serde_json::to_string_pretty(&c).expect("serialisable") + "\n";
+                    std::fs::create_dir_all(path.parent().expect("has a parent"))
+                        .and_then(|_| std::fs::write(&path, text))
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                });
+            if let Err(e) = written {
+                o.error = Some(e);
+            }
+        }
+        eprintln!(
+            "{} {}{}",
+            if o.correct() { "wrote" } else { "FAIL " },
+            if o.correct() {
+                path.display().to_string()
+            } else {
+                cell.name()
+            },
+            describe(&o)
+        );
+        outcomes.push(o);
     }
+    outcomes
 }
 
 /// Runs cells on `jobs` threads (each cell is one fixture + one detector).

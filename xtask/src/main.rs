@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | fixtures | test | demo | accuracy | bench | soak | fuzz`.
+//! Project tasks: `cargo xtask setup | fixtures | test | demo | accuracy | golden | bench |
+//! soak | fuzz`.
 //!
 //! Every task installs what it needs and skips what is already there, so that the
 //! README's two commands work on a fresh machine and cost little on a warm one.
@@ -59,6 +60,17 @@ enum Cmd {
         /// detector's --overhead-budget (percent of a core); default: detector's own.
         #[arg(long)]
         overhead_budget: Option<f64>,
+    },
+    /// Record the rules' golden data (detector/src/rules/testdata/<go>/<case>-<variant>.json):
+    /// the `collected` facts of each rule's fixture case (misuse and fixed) and of the
+    /// healthy service, diagnosed live on the default build kind. Needs root.
+    Golden {
+        /// Go versions whose directory name contains this (repeatable).
+        #[arg(long, default_values_t = [GOLDEN_GO[0].to_string(), GOLDEN_GO[1].to_string()])]
+        go: Vec<String>,
+        /// Only these cases (repeatable), e.g. gctunables; default: all.
+        #[arg(long)]
+        case: Vec<String>,
     },
     /// Set up, start a demo Go service that misuses ReadMemStats, and diagnose it live.
     Demo {
@@ -145,8 +157,12 @@ fn run(cli: Cli) -> Result<()> {
             case,
             overhead_budget,
         } => accuracy(quick, jobs, &go, &kind, &case, overhead_budget),
+        Cmd::Golden { go, case } => golden(&go, &case),
     }
 }
+
+/// Go releases whose golden data the rules' unit test reads: the newest and the oldest.
+const GOLDEN_GO: [&str; 2] = ["1.27.3", "1.19.8"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -261,6 +277,18 @@ fn accuracy(
         cmd.args(["--overhead-budget", &b.to_string()]);
     }
     for (flag, values) in [("--go", go), ("--kind", kind), ("--case", case)] {
+        for v in values {
+            cmd.args([flag, v]);
+        }
+    }
+    run_cmd(&mut cmd)
+}
+
+fn golden(go: &[String], case: &[String]) -> Result<()> {
+    let mut cmd = live_runner("accuracy")?;
+    cmd.arg("--record-golden")
+        .arg(workspace_root().join("detector/src/rules/testdata"));
+    for (flag, values) in [("--go", go), ("--case", case)] {
         for v in values {
             cmd.args([flag, v]);
         }

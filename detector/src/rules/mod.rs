@@ -6,6 +6,9 @@ mod caller;
 mod cpuprofile;
 mod finalizer;
 mod forcedgc;
+mod gctunables;
+#[cfg(test)]
+mod golden;
 mod gomaxprocs;
 mod lockosthread;
 mod numgoroutine;
@@ -187,7 +190,8 @@ impl Thresholds {
 
 /// A rule in the rule book: everything about it is declared in its own file, and it
 /// is registered in [`RULES`]. Adding one means its file, a line in `RULES`, its
-/// fixture case (tests/fixtures/cases) and its section in docs/rules.md.
+/// fixture case (tests/fixtures/cases), its section in docs/rules.md and its golden
+/// data (`cargo xtask golden --case CASE`, judged by the unit test in golden.rs).
 pub struct Rule {
     pub id: &'static str,
     /// Case number in the runtime-misuse catalog (None: beyond the catalog).
@@ -223,6 +227,7 @@ pub const RULES: &[Rule] = &[
     finalizer::LEAK_RULE,
     cpuprofile::UNBOUNDED_RULE,
     forcedgc::FREEOSMEMORY_RULE,
+    gctunables::RULE,
 ];
 
 /// Catalog cases no rule can observe, with the reason (shown by `detector rules`).

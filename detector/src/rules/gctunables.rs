@@ -110,10 +110,10 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     // only cycled when its calls cost the budget, so its calls are then judged by their
     // rate over the time it was live, and the ticks are not required.
     let cycled = stats.iter().any(|s| s.sampled.is_some());
-    let live_rate: f64 = stats
+    let live_rate: f64 = gogc
         .iter()
-        .zip(gogc.iter().chain(&limit))
-        .map(|(s, u)| u.calls as f64 / (c.duration_s * s.sampled.unwrap_or(1.0).max(1e-3)))
+        .chain(&limit)
+        .map(|u| u.calls as f64 / (c.duration_s * u.stats.sampled.unwrap_or(1.0).max(1e-3)))
         .sum();
     let mut rate = calls as f64 / c.duration_s;
     let from_live_time = cycled && rate < threshold;

@@ -5,7 +5,7 @@
 //! function called, one histogram per pause reason seen, one per active finding.
 use std::sync::{Arc, Mutex};
 
-use detector_common::{pause_bucket_bounds, STW_BUCKETS};
+use detector_common::{pause_bucket_bounds, StwStats, STW_BUCKETS};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::agent::Exported;
+use super::agent::{Exported, ProcExport};
 
 /// Kernel log2 buckets exported: from 2^10 ns (pauses below ~1 µs are folded into the
 /// first bucket) up to 2^34 ns (~17 s; longer ones only in +Inf).
@@ -46,6 +46,36 @@ fn buckets(hist: &[u64; STW_BUCKETS]) -> Vec<(f64, u64)> {
         out[i].1 += n;
     }
     out
+}
+
+/// One histogram family per process and pause reason, from `part` of its pause
+/// statistics: (total ns, count, kernel histogram). Reasons with none are left out.
+fn pause_histograms(
+    enc: &mut DescriptorEncoder,
+    procs: &[ProcExport],
+    name: &str,
+    help: &str,
+    part: impl Fn(&StwStats) -> (u64, u64, &[u64; STW_BUCKETS]),
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for p in procs {
+        for (reason, s) in &p.pauses {
+            let (total_ns, count, hist) = part(s);
+            if count == 0 {
+                continue;
+            }
+            let mut l = pid(p.pid);
+            l.push(("reason", reason.clone()));
+            m.encode_family(&l)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    total_ns as f64 / 1e9,
+                    count,
+                    &buckets(hist),
+                    None,
+                )?;
+        }
+    }
+    Ok(())
 }
 
 impl Collector for StateCollector {
@@ -83,45 +113,20 @@ impl Collector for StateCollector {
             }
         }
 
-        let mut m = enc.encode_descriptor(
+        pause_histograms(
+            &mut enc,
+            procs,
             "detector_stw_pause_seconds",
             "Stop-the-world pauses by reason (forced_gc_* = inside runtime.GC), since attach",
-            None,
-            MetricType::Histogram,
+            |s| (s.total_ns, s.count, &s.hist),
         )?;
-        for p in procs {
-            for (reason, s) in &p.pauses {
-                let mut l = pid(p.pid);
-                l.push(("reason", reason.clone()));
-                m.encode_family(&l)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        s.total_ns as f64 / 1e9,
-                        s.count,
-                        &buckets(&s.hist),
-                        None,
-                    )?;
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
+        pause_histograms(
+            &mut enc,
+            procs,
             "detector_stw_stopping_seconds",
             "The stopping part of stop-the-world pauses (until every goroutine reached a safe point), by reason, since attach",
-            None,
-            MetricType::Histogram,
+            |s| (s.stopping_total_ns, s.stopping_count, &s.stopping_hist),
         )?;
-        for p in procs {
-            for (reason, s) in p.pauses.iter().filter(|(_, s)| s.stopping_count > 0) {
-                let mut l = pid(p.pid);
-                l.push(("reason", reason.clone()));
-                m.encode_family(&l)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        s.stopping_total_ns as f64 / 1e9,
-                        s.stopping_count,
-                        &buckets(&s.stopping_hist),
-                        None,
-                    )?;
-            }
-        }
 
         let mut m = enc.encode_descriptor(
             "detector_finding_active",

@@ -78,7 +78,7 @@ pub fn run() -> Result<()> {
         .last()
         .context("no Go toolchain installed")?
         .clone();
-    // Every version: the STW row runs each Go 1.22+, the agent row a mix of them.
+    // Every version: the STW row runs each Go, the agent row a mix of them.
     fixtures::build_all(&tools, &[])?;
     // XTASK_BENCH_DETECTOR=PATH: benchmark that detector binary instead of building one.
     let detector = match std::env::var_os("XTASK_BENCH_DETECTOR") {
@@ -707,7 +707,7 @@ fn header(env: &Env, bpftrace: Option<&str>, date: &str, load: [String; 2]) -> S
          - kernel: {kernel}\n\
          - Go: {gover} (hitbench, the toolchain binaries, the generated binary); the \
          agent row runs the `service` fixture of every installed Go, the STW row \
-         hitbench of each Go 1.22+\n\
+         hitbench of each Go\n\
          - detector: release build of commit {commit}; {budget}\n\
          - bpftrace: {bpftrace}\n",
         load[0],

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use detector_common::ArgMode;
 
 use crate::{
-    apis::{Api, PauseKind},
+    apis::Api,
     gobin::owner::is_user_code,
     probes::{attach::Snapshot, plan::Plan},
     target::Target,
@@ -206,17 +206,6 @@ fn cause<'a>(reason: &Reason, calls: &'a [CallStats]) -> Option<&'a CallStats> {
         .collect();
     let user = |c: &&&CallStats| c.sites.iter().any(|s| s.user_code);
     called.iter().rev().find(user).or(called.last()).copied()
-}
-
-/// Whether `api`'s pauses are counted under `reason`.
-pub fn pauses_for(api: Api, reason: &Reason) -> bool {
-    match api.pauses() {
-        Some(PauseKind::ForcedGc) => reason.forced,
-        Some(PauseKind::Reasons(codes)) => {
-            !reason.forced && reason.code.is_some_and(|c| codes.contains(&c))
-        }
-        None => false,
-    }
 }
 
 /// Whether finalizer `name` releases a resource: it is, or directly calls (two levels

@@ -187,41 +187,26 @@ fn check(minor: u32) {
     };
     if minor >= 22 {
         for (kind, d) in [("gc", gc), ("other", other)] {
-            let st = format!("stopping_{kind}");
-            eprintln!(
-                "{what} {kind}: pauses {} vs {}, total {:.1} µs vs [{:.1}, {:.1}], stopping {:.1} µs vs [{:.1}, {:.1}]",
-                d.0,
-                num(&format!("{kind}_count")),
-                d.1 / 1e3,
-                num(&format!("{kind}_lo_ns")) / 1e3,
-                num(&format!("{kind}_hi_ns")) / 1e3,
-                d.3 / 1e3,
-                num(&format!("{st}_lo_ns")) / 1e3,
-                num(&format!("{st}_hi_ns")) / 1e3,
-            );
-            assert_eq!(
-                d.0,
-                num(&format!("{kind}_count")) as u64,
-                "{what} {kind} pauses"
-            );
-            within(
-                d.1,
-                num(&format!("{kind}_lo_ns")),
-                num(&format!("{kind}_hi_ns")),
-                kind,
-            );
-            let st = format!("stopping_{kind}");
-            assert_eq!(
-                d.2,
-                num(&format!("{st}_count")) as u64,
-                "{what} {st} pauses"
-            );
-            within(
-                d.3,
-                num(&format!("{st}_lo_ns")),
-                num(&format!("{st}_hi_ns")),
-                &st,
-            );
+            // The whole pauses, then their stopping part: counts exact, time in bounds.
+            for (part, count, ns) in [
+                (kind.to_string(), d.0, d.1),
+                (format!("stopping_{kind}"), d.2, d.3),
+            ] {
+                let (lo, hi) = (num(&format!("{part}_lo_ns")), num(&format!("{part}_hi_ns")));
+                eprintln!(
+                    "{what} {part}: pauses {count} vs {}, {:.1} µs vs [{:.1}, {:.1}]",
+                    num(&format!("{part}_count")),
+                    ns / 1e3,
+                    lo / 1e3,
+                    hi / 1e3
+                );
+                assert_eq!(
+                    count,
+                    num(&format!("{part}_count")) as u64,
+                    "{what} {part} pauses"
+                );
+                within(ns, lo, hi, &part);
+            }
         }
     } else {
         let cycles = gctrace.len() as u64;

@@ -18,8 +18,15 @@ pub const STW_OCTAVES: usize = 30;
 /// Buckets in a pause histogram: below the first octave, then `STW_SUB` per octave.
 pub const STW_BUCKETS: usize = 1 + STW_OCTAVES * STW_SUB;
 
-/// Maximum distinct (process, probe, caller, argument) tuples kept in the kernel.
+/// Maximum distinct (process, probe, caller, argument, stack) tuples kept in the kernel.
 pub const MAX_CALL_KEYS: u32 = 16_384;
+/// Maximum distinct (process, stack) entries kept in the kernel.
+pub const MAX_STACKS: u32 = 16_384;
+/// Return addresses walked above the calling function, along Go's frame pointers:
+/// with the call site itself, 25 frames of the calling stack. Enough to get past
+/// net/http's dispatch and a few middlewares to the code that made the call; the
+/// walk stops earlier at the goroutine's first frame.
+pub const STACK_FRAMES: usize = 24;
 /// Maximum distinct (process, reason) pause series kept in the kernel.
 pub const MAX_STW_KEYS: u32 = 4_096;
 /// Maximum processes with a pause in flight at once (one per process: STW is serialised).
@@ -128,7 +135,36 @@ pub struct CallKey {
     pub caller: u64,
     /// The recorded argument (see [`ArgMode`]), 0 when none.
     pub arg: u64,
+    /// The frames above the calling function, by [`StackKey::hash`] (0: none read).
+    pub stack: u64,
 }
+
+/// Key of the stack map: the return addresses above a call site, by their hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// [`stack_hash`] of the frames.
+    pub hash: u64,
+}
+
+/// Return addresses, innermost first, zero after the last one read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stack {
+    pub frames: [u64; STACK_FRAMES],
+}
+
+/// Folds one return address into a stack hash (start from [`STACK_HASH_SEED`]).
+/// 64 bits: two distinct stacks of one process colliding is not a practical concern,
+/// and a collision only merges their counts.
+#[inline(always)]
+pub const fn stack_hash(h: u64, pc: u64) -> u64 {
+    let x = (h ^ pc).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+pub const STACK_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Key of the per-CPU pause statistics map.
 #[repr(C)]
@@ -245,7 +281,21 @@ pub mod errors {
     pub const READ_CALLER_FAILED: u32 = 3;
     /// The forced-collection depth map was full.
     pub const FORCED_GC_MAP_FULL: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A new stack could not be stored (map full): its calls are counted without it.
+    pub const STACK_MAP_FULL: u32 = 5;
+    /// A stack was deeper than [`super::STACK_FRAMES`]: its outer frames are unknown.
+    pub const STACK_TRUNCATED: u32 = 6;
+    pub const COUNT: u32 = 7;
+    /// Each counter's name, by index (metric labels, report lines).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "call_map_full",
+        "stw_map_full",
+        "stw_end_without_start",
+        "read_caller_failed",
+        "forced_gc_map_full",
+        "stack_map_full",
+        "stack_truncated",
+    ];
 }
 
 /// Histogram bucket of a duration in nanoseconds (see [`STW_SUB`]).
@@ -287,6 +337,8 @@ mod pod {
     unsafe impl aya::Pod for StwKey {}
     unsafe impl aya::Pod for StwStats {}
     unsafe impl aya::Pod for StwOpen {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for Stack {}
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! - `count_call`: one per probed runtime function (after its stack-check prologue, so
 //!   a morestack re-entry is not counted twice). Counts by (process, probe, caller,
-//!   argument) in a per-CPU hash: no event stream, no per-call copy to user space.
+//!   argument, calling stack) in a per-CPU hash: no event stream, no per-call copy to
+//!   user space. The stack is walked along Go's frame pointers and stored once, by
+//!   hash, in `STACKS`.
 //! - `stw_reason`: Go 1.19 only, on `runtime.stopTheWorld(reason string)`: remembers the
 //!   reason string's address for the thread that is about to stop the world.
 //! - `stw_start`: on `runtime.stopTheWorldWithSema`: opens a pause for the process.
@@ -27,16 +29,23 @@ use aya_ebpf::{
     EbpfContext,
 };
 use detector_common::{
-    errors, pause_bucket, ArgMode, CallKey, StwKey, StwOpen, StwStats, COOKIE_ARG_SHIFT,
-    COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES,
-    MAX_PAUSED_PROBES, MAX_STW_KEYS, RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX,
-    RESTART_START_RCX_STOPPED_RDI, STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT,
-    STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM,
-    STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG,
+    errors, pause_bucket, stack_hash, ArgMode, CallKey, Stack, StackKey, StwKey, StwOpen, StwStats,
+    COOKIE_ARG_SHIFT, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, HIT_SLOTS, MAX_CALL_KEYS,
+    MAX_OPEN_PAUSES, MAX_PAUSED_PROBES, MAX_STACKS, MAX_STW_KEYS, RESTART_GO119, RESTART_GO121,
+    RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED,
+    STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
+    STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
+    STW_REASON_STRING_FLAG,
 };
 
 #[map]
 static CALLS: PerCpuHashMap<CallKey, u64> = PerCpuHashMap::with_max_entries(MAX_CALL_KEYS, 0);
+
+/// Calling stacks by hash, written once per distinct stack (most hits find theirs
+/// already there). Entries are allocated on first use, not preallocated.
+#[map]
+static STACKS: HashMap<StackKey, Stack> =
+    HashMap::with_max_entries(MAX_STACKS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Shared, not per-CPU: a process's pauses are serialised (worldsema), so only one CPU
 /// at a time updates a key, and a per-CPU copy of the histograms would cost
@@ -122,11 +131,17 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
             }
         }
     };
+    let tgid = tgid_tid().0;
+    // At the probe, RBP is the calling function's frame pointer (the probe sits before
+    // the callee's own `push rbp`; an inlined site's probe is inside the caller, after
+    // its prologue): [RBP+8] is where the caller returns to, and so on outwards.
+    let stack = walk_stack(tgid, regs.rbp);
     let key = CallKey {
-        tgid: tgid_tid().0,
+        tgid,
         probe: cookie as u32,
         caller,
         arg,
+        stack,
     };
     if let Some(n) = CALLS.get_ptr_mut(&key) {
         unsafe { *n += 1 };
@@ -138,6 +153,67 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
         }
     }
     0
+}
+
+/// Walks the frame-pointer chain from `fp` (at most [`STACK_FRAMES`] frames), stores
+/// the return addresses in `STACKS` unless already there, and returns their hash (0
+/// when no frame could be read). Each frame is one 16-byte read of {saved RBP, return
+/// address}; the walk stops at a zero return address, an unreadable frame, or a
+/// saved RBP that does not point further up the stack (the goroutine's first frame
+/// has none; this also stops loops in a corrupt chain).
+#[inline(always)]
+fn walk_stack(tgid: u32, mut fp: u64) -> u64 {
+    let mut stack = Stack {
+        frames: [0; STACK_FRAMES],
+    };
+    let mut hash = STACK_HASH_SEED;
+    let mut read = 0;
+    let mut ended = false;
+    for i in 0..STACK_FRAMES {
+        if fp == 0 {
+            ended = true;
+            break;
+        }
+        let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            ended = true;
+            break;
+        };
+        let (next, ret) = (frame[0], frame[1]);
+        if ret == 0 {
+            ended = true;
+            break;
+        }
+        if let Some(slot) = stack.frames.get_mut(i) {
+            *slot = ret;
+        }
+        hash = stack_hash(hash, ret);
+        read = i + 1;
+        if next <= fp {
+            ended = true;
+            break;
+        }
+        fp = next;
+    }
+    if read == 0 {
+        return 0;
+    }
+    if !ended {
+        count_error(errors::STACK_TRUNCATED);
+    }
+    let key = StackKey {
+        tgid,
+        _pad: 0,
+        hash,
+    };
+    // NOEXIST: the kernel checks for the entry before allocating one, so a known
+    // stack costs one bucket lookup.
+    if let Err(e) = STACKS.insert(&key, &stack, BPF_NOEXIST as u64) {
+        if e != -17 {
+            // not EEXIST: the map is full
+            count_error(errors::STACK_MAP_FULL);
+        }
+    }
+    hash
 }
 
 /// Adds `delta` (+1 or -1) to the process's forced-collection depth, never below 0.

@@ -6,7 +6,9 @@
 //! wrapped in 16-byte sentinels and holds tab-separated lines (`path`, `mod`, `dep`,
 //! `build KEY=VALUE`). Before 1.18 the header held pointers to the two strings instead.
 use super::elf::ElfInfo;
-use super::limits::{check_limit, Limit, MAX_BUILD_SETTINGS, MAX_MODINFO_LEN, MAX_VERSION_LEN};
+use super::limits::{
+    check_limit, Limit, MAX_BUILD_SETTINGS, MAX_MODINFO_LEN, MAX_MODULES, MAX_VERSION_LEN,
+};
 use super::pclntab::read_uvarint;
 
 /// The buildinfo magic.
@@ -21,6 +23,9 @@ pub(crate) struct BuildInfo {
     pub version: String,
     pub main_module: Option<String>,
     pub settings: Vec<(String, String)>,
+    /// Module paths: the main module (`mod` line) first, then each `dep` line's.
+    /// Symbols name the module path as required, not a `=>` replacement's.
+    pub modules: Vec<String>,
 }
 
 /// Why buildinfo bytes were rejected.
@@ -162,6 +167,15 @@ fn parse_modinfo(text: &str, info: &mut BuildInfo) -> Result<(), BuildInfoError>
         };
         match kind {
             "path" => info.main_module = Some(rest.to_owned()),
+            "mod" | "dep" => {
+                check_limit!("number of modules", info.modules.len() + 1, MAX_MODULES)?;
+                let path = rest.split('\t').next().unwrap_or(rest);
+                if kind == "mod" {
+                    info.modules.insert(0, path.to_owned());
+                } else {
+                    info.modules.push(path.to_owned());
+                }
+            }
             "build" => {
                 check_limit!(
                     "number of build settings",
@@ -235,6 +249,7 @@ mod tests {
         let info = parse(&b, &b, &ElfInfo::default()).unwrap();
         assert_eq!(info.version, "go1.21.13");
         assert_eq!(info.main_module.as_deref(), Some("example.com/svc"));
+        assert_eq!(info.modules, ["example.com/svc"]);
         assert!(info
             .settings
             .contains(&("-ldflags".to_string(), "-s -w".to_string())));
@@ -275,6 +290,20 @@ mod tests {
             Err(BuildInfoError::Limit(l)) => assert_eq!(l.limit, "MAX_BUILD_SETTINGS"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn lists_modules_main_first() {
+        let modinfo = "path\texample.com/svc/cmd/d\n\
+             dep\tgolang.org/x/sys\tv0.1.0\th1:abc=\n\
+             mod\texample.com/svc\tv1.2.3\th1:def=\n\
+             dep\tgithub.com/a/b\tv0.0.1\n=>\t../b\t\n";
+        let b = blob("go1.19.8", modinfo);
+        let info = parse(&b, &b, &ElfInfo::default()).unwrap();
+        assert_eq!(
+            info.modules,
+            ["example.com/svc", "golang.org/x/sys", "github.com/a/b"]
+        );
     }
 
     #[test]

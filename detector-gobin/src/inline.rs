@@ -94,6 +94,21 @@ pub struct InlinedCall {
     pub probe_file_offset: u64,
 }
 
+/// One logical frame at a PC: a function, inlined there or not, and the source
+/// position in it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SourceFrame {
+    pub function: String,
+    /// Empty when unknown.
+    pub file: String,
+    /// 0 when unknown.
+    pub line: u32,
+}
+
+/// Work allowed to expand one PC's inline frames (runs decoded, entries visited):
+/// far above a real function's, small enough that a hostile table costs little.
+const MAX_FRAME_STEPS: usize = 1 << 20;
+
 /// One `runtime.inlinedCall`.
 #[derive(Clone, Copy, Debug)]
 struct Node {
@@ -433,6 +448,55 @@ fn choose_probe(insns: &[Insn], ranges: &[(u64, u64)], entry: u64) -> Option<u64
 }
 
 impl GoBinary {
+    /// The logical frames at `pc`, innermost first: the functions inlined at `pc`,
+    /// each with its source position, then the function whose code holds `pc`, with
+    /// the position of the outermost inlined call in its own code (as the runtime's
+    /// inlineUnwinder reports them). One frame when nothing is inlined there or the
+    /// tree is unreadable; none when no function holds `pc`. Never fails.
+    pub fn frames_at(&self, pc: u64) -> Vec<SourceFrame> {
+        let Some(rec) = self.rec_at(pc).copied() else {
+            return Vec::new();
+        };
+        let (mut file, mut line) = self.file_line(pc).unwrap_or_default();
+        let mut out = Vec::new();
+        let tree = self
+            .funcdata_base()
+            .filter(|_| rec.end.saturating_sub(rec.entry) <= MAX_FUNCTION_SIZE)
+            .and_then(|gofunc| FuncInline::new(self, &rec, gofunc, MAX_FRAME_STEPS));
+        if let Some(mut fi) = tree {
+            let mut idx = fi.index_at(pc);
+            for _ in 0..MAX_INLINE_DEPTH {
+                fi.steps += 1;
+                if idx < 0 || fi.over_budget() {
+                    break;
+                }
+                let Some(node) = fi.node(idx) else {
+                    break;
+                };
+                let Some(name) = fi.name(&node) else {
+                    break;
+                };
+                out.push(SourceFrame {
+                    function: String::from_utf8_lossy(name).into_owned(),
+                    file: std::mem::take(&mut file),
+                    line,
+                });
+                (file, line) = fi.call_site(&node).unwrap_or_default();
+                let parent = fi.parent(&node);
+                if parent >= idx && node.old.is_some() {
+                    break; // Go 1.18/1.19 parents come first: a later one is corrupt
+                }
+                idx = parent;
+            }
+        }
+        out.push(SourceFrame {
+            function: self.func(&rec).name,
+            file,
+            line,
+        });
+        out
+    }
+
     /// The base funcdata offsets are relative to: `moduledata.gofunc` (the address of
     /// `go:func.*`), or `None` when it cannot be found. See the module comment.
     pub fn funcdata_base(&self) -> Option<u64> {

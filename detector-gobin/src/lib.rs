@@ -32,7 +32,7 @@ mod pclntab;
 pub mod prologue;
 pub mod version;
 
-pub use inline::InlinedCall;
+pub use inline::{InlinedCall, SourceFrame};
 pub use limits::{Limit, MAX_FUNCTION_SIZE};
 pub use pclntab::{MAGIC_GO118, MAGIC_GO120};
 pub use version::GoVersion;
@@ -93,6 +93,9 @@ pub struct BinaryInfo {
     pub main_module: Option<String>,
     /// `build` lines of the module info: -buildmode, -ldflags, CGO_ENABLED, GOARCH, ...
     pub build_settings: Vec<(String, String)>,
+    /// Module paths of the build, the main module first (empty for GOPATH-mode
+    /// builds, which record none): who owns a function ([`owner`]).
+    pub modules: Vec<String>,
     /// No `.symtab` (built with `-ldflags=-s` or stripped afterwards).
     pub stripped: bool,
     /// Position-independent executable (ET_DYN): probe offsets are file offsets anyway.
@@ -176,6 +179,8 @@ pub struct GoBinary {
     info: BinaryInfo,
     /// `moduledata.gofunc`, found on first use (see `inline.rs`).
     gofunc: inline::GofuncCell,
+    /// Who owns each package, from the build info (built on first use).
+    ownership: std::sync::OnceLock<owner::Ownership>,
 }
 
 impl fmt::Debug for GoBinary {
@@ -310,6 +315,10 @@ impl GoBinary {
                 go_version,
                 main_module: build.as_ref().and_then(|b| b.main_module.clone()),
                 build_settings: settings.clone(),
+                modules: build
+                    .as_ref()
+                    .map(|b| b.modules.clone())
+                    .unwrap_or_default(),
                 stripped: !elf.has_symtab,
                 pie: elf.pie,
                 cgo: false,
@@ -330,6 +339,7 @@ impl GoBinary {
             funcs,
             by_name,
             gofunc: inline::GofuncCell::new(),
+            ownership: std::sync::OnceLock::new(),
         };
         bin.info.cgo = external_link || bin.has_name_prefix(b"runtime/cgo.");
         bin.info.symtab_mismatches = bin.symtab_mismatches();
@@ -418,6 +428,15 @@ impl GoBinary {
             .checked_sub(1)?;
         let f = self.funcs.get(i)?;
         (vaddr < f.end).then_some(f)
+    }
+
+    /// Who owns the function named `function` (see [`owner`]).
+    pub fn owner_of(&self, function: &str) -> owner::Owned<'_> {
+        self.ownership
+            .get_or_init(|| {
+                owner::Ownership::new(&self.info.modules, self.info.main_module.as_deref())
+            })
+            .of(function)
     }
 
     /// The function whose range contains `vaddr`.

@@ -45,6 +45,9 @@ pub const MAX_VERSION_LEN: u64 = 1024;
 pub const MAX_MODINFO_LEN: u64 = 64 << 20;
 /// `build` lines of the module info (`go version -m` shows about 15).
 pub const MAX_BUILD_SETTINGS: usize = 4096;
+/// Modules in the build info (main and dependencies); large programs have a few
+/// hundred.
+pub const MAX_MODULES: usize = 16_384;
 /// Functions larger than this are not decoded (no probe point, no inline search).
 pub const MAX_FUNCTION_SIZE: u64 = 1 << 20;
 /// Inline tree indices: the runtime views the tree as `*[1 << 20]inlinedCall`.

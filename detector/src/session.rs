@@ -134,6 +134,8 @@ pub struct HostTick<K: Ord + Copy> {
     /// The whole snapshot's kernel-side error counters and total hits.
     pub errors: [u64; detector_common::errors::COUNT as usize],
     pub hits: u64,
+    /// Every known calling stack (all processes).
+    stacks: std::sync::Arc<HashMap<detector_common::StackKey, detector_common::Stack>>,
 }
 
 impl<K: Ord + Copy> HostTick<K> {
@@ -150,6 +152,7 @@ impl<K: Ord + Copy> HostTick<K> {
                     .unwrap_or_default(),
                 stw: self.stw.get(&pid).cloned().unwrap_or_default(),
                 errors: self.errors,
+                stacks: self.stacks.clone(),
             },
             cpu_s: target::cpu_seconds(pid),
             cpu_profile_hz: target.cpu_profile_hz(),
@@ -260,6 +263,7 @@ impl<K: Ord + Copy> Host<K> {
             stw,
             errors: raw.errors,
             hits: raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>(),
+            stacks: raw.stacks.clone(),
         }
     }
 
@@ -350,6 +354,7 @@ mod tests {
             probe,
             caller: 0,
             arg: 0,
+            stack: 0,
         };
         let calls: HashMap<CallKey, u64> = [0, 4, 5, 9, 10, 30].map(|p| (key(p), 1)).into();
         // Keys in another order than their id ranges, and an empty range.

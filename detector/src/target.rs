@@ -7,9 +7,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     exit::{Code, Failure},
-    gobin::{AnalysisError, GoBinary},
+    gobin::{owner::Owner, AnalysisError, GoBinary},
 };
 
 #[derive(thiserror::Error, Debug)]
@@ -45,16 +47,29 @@ pub struct Target {
     pub load_bias: u64,
     /// File virtual address of `runtime.prof.hz` (the CPU profiling rate in effect).
     pub cpu_profile_hz_addr: Option<u64>,
-    /// Call sites already symbolised, by return address (`watch` summarises every
-    /// process on every tick).
-    sites: Mutex<HashMap<u64, CallSiteName>>,
+    /// Return addresses already symbolised (`watch` summarises every process on
+    /// every tick, and most stacks share most frames).
+    frames: Mutex<HashMap<u64, Arc<[Frame]>>>,
 }
 
 /// A call site's function, file and line.
 pub type CallSiteName = (String, String, u32);
 
-/// Entries kept in a target's call-site cache (a bound against hostile churn).
-const MAX_CACHED_SITES: usize = 4096;
+/// One logical frame of a calling stack: a function (inlined or not), the source
+/// position in it, and who owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub owner: Owner,
+    /// The module of program code, when the build info names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// Entries kept in a target's frame cache (a bound against hostile churn).
+const MAX_CACHED_FRAMES: usize = 16_384;
 
 impl Target {
     pub fn open(pid: u32) -> Result<Target, TargetError> {
@@ -93,30 +108,58 @@ impl Target {
             cpu_profile_hz_addr: binary.cpu_profile_hz_addr(),
             binary,
             load_bias,
-            sites: Mutex::new(HashMap::new()),
+            frames: Mutex::new(HashMap::new()),
         }
     }
 
     /// The function, file and line of the call whose return address is `caller` (a
     /// runtime address).
     pub fn call_site(&self, caller: u64) -> CallSiteName {
-        let mut cache = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = cache.get(&caller) {
-            return s.clone();
+        let frames = self.frames(caller);
+        match frames.last() {
+            Some(f) => (f.function.clone(), f.file.clone(), f.line),
+            None => (format!("{caller:#x}"), String::new(), 0),
+        }
+    }
+
+    /// The logical frames of the call whose return address is `ret` (a runtime
+    /// address), innermost first: the functions inlined at the call, then the
+    /// function that holds it, with its own line (see [`GoBinary::frames_at`]).
+    /// Code outside every Go function (C, through cgo) is one foreign frame named by
+    /// its address.
+    pub fn frames(&self, ret: u64) -> Arc<[Frame]> {
+        let mut cache = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(&ret) {
+            return f.clone();
         }
         // The return address is just past the CALL: look up the byte before it.
-        let pc = self.to_file_vaddr(caller).wrapping_sub(1);
-        let function = self
-            .binary
-            .func_at(pc)
-            .map(|f| f.name)
-            .unwrap_or_else(|| format!("{caller:#x}"));
-        let (file, line) = self.binary.file_line(pc).unwrap_or_default();
-        if cache.len() >= MAX_CACHED_SITES {
+        let pc = self.to_file_vaddr(ret).wrapping_sub(1);
+        let mut found = self.binary.frames_at(pc);
+        if found.is_empty() {
+            found.push(crate::gobin::SourceFrame {
+                function: format!("{ret:#x}"),
+                file: String::new(),
+                line: 0,
+            });
+        }
+        let frames: Arc<[Frame]> = found
+            .into_iter()
+            .map(|f| {
+                let owned = self.binary.owner_of(&f.function);
+                Frame {
+                    owner: owned.owner,
+                    module: owned.module.map(str::to_owned),
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                }
+            })
+            .collect();
+        if cache.len() >= MAX_CACHED_FRAMES {
             cache.clear();
         }
-        cache.insert(caller, (function.clone(), file.clone(), line));
-        (function, file, line)
+        cache.insert(ret, frames.clone());
+        frames
     }
 
     /// Reads `len` bytes of the live process at file virtual address `vaddr`

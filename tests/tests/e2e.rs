@@ -176,6 +176,24 @@ fn misuse_is_found(bin: &Path, what: &str) {
         .find(|f| f["rule"] == "readmemstats-hot-path")
         .unwrap_or_else(|| panic!("{what}: no readmemstats-hot-path finding: {report:#}"));
     assert_middleware_closure(&f["call_site"]["function"], what);
+    // The culprit, from the stack walked in the kernel: the middleware, in the main
+    // module (from the build info), right above the API.
+    let culprit = &f["culprit"];
+    assert_middleware_closure(&culprit["function"], what);
+    assert_eq!(culprit["owner"], "main", "{what}: {culprit}");
+    assert_eq!(
+        culprit["module"], "detector.test/service",
+        "{what}: {culprit}"
+    );
+    assert_eq!(
+        culprit["path"].as_array().and_then(|p| p.last()),
+        Some(&serde_json::json!("runtime.ReadMemStats")),
+        "{what}: {culprit}"
+    );
+    assert_eq!(
+        report["collected"]["kernel_errors"][5], 0,
+        "{what}: stacks lost (stack map full)"
+    );
 
     let calls = rms["calls"].as_u64().unwrap();
     let pauses = read_mem_stats_pauses(&report);

@@ -42,7 +42,7 @@ pub fn run(path: &Path, format: Format) -> Result<crate::exit::Code, Failure> {
             Presence::Inlined { callee } => {
                 // Inlined APIs are observed where they were inlined, or through activity.
                 let sites = if api.probe() == Probe::InlinedSites {
-                    crate::probes::plan::user_inlined_sites(&bin, callee)
+                    crate::probes::plan::inlined_sites(&bin, callee)
                 } else {
                     vec![]
                 };

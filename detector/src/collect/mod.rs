@@ -1,6 +1,7 @@
 //! Kernel map snapshots, taken on a tick, turned into per-process facts: calls per
 //! second by function, call site and argument; pauses by reason with percentiles;
 //! the share of wall time the process was stopped.
+pub mod paths;
 pub mod stw;
 
 use std::{
@@ -9,7 +10,8 @@ use std::{
 };
 
 use detector_common::{
-    pause_bucket_bounds, StwStats, STW_BUCKETS, STW_FORCED_GC_FLAG, STW_REASON_STRING_FLAG,
+    pause_bucket_bounds, CallKey, StwStats, STACK_FRAMES, STW_BUCKETS, STW_FORCED_GC_FLAG,
+    STW_REASON_STRING_FLAG,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,11 +19,23 @@ use detector_common::ArgMode;
 
 use crate::{
     apis::Api,
-    gobin::owner::is_user_code,
+    gobin::owner::Owner,
     probes::{attach::Snapshot, plan::Plan},
-    target::Target,
+    target::{CallSiteName, Frame, Target},
 };
+pub use paths::{Culprit, Exclusion};
 pub use stw::Reason;
+
+/// What one calling path (probe, call site, stack) was judged to be.
+#[derive(Default)]
+struct Judged {
+    /// The calling function and the line in its own code.
+    site: CallSiteName,
+    /// Owner of the first frame that is not the API's own (the immediate caller).
+    site_owner: Option<Owner>,
+    culprit: Option<Culprit>,
+    excluded: Option<Exclusion>,
+}
 
 /// What one tick saw of one process: cumulative since its probes went in.
 #[derive(Clone, Debug)]
@@ -75,16 +89,26 @@ pub struct Sample {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CallSite {
-    /// The calling function, e.g. "main.metricsMiddleware.func1".
+    /// The calling function, e.g. "main.metricsMiddleware.func1", and the line in
+    /// its own code (past any inlined wrapper).
     pub function: String,
     pub file: String,
     pub line: u32,
     pub calls: u64,
-    /// False for the runtime and standard-library code a user cannot change.
-    pub user_code: bool,
+    /// Whether these calls count for the rules: false when excluded by what they are
+    /// (`excluded` says why), whoever made them.
+    #[serde(alias = "user_code")]
+    pub counted: bool,
     /// Argument values passed from this site (functions whose argument matters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<ArgCount>,
+    /// The code to change, and the path from it down to the API (from the calling
+    /// stack; absent when the stack was not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Culprit>,
+    /// Why these calls do not count, when they do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,9 +134,10 @@ pub struct CallStats {
     pub per_second: f64,
     /// Calls in each tick of the window (for "sustained" checks and sparklines).
     pub per_tick: Vec<u64>,
-    /// The same, counting only calls from user code.
-    pub user_per_tick: Vec<u64>,
-    /// Call sites, most calls first.
+    /// The same, counting only the calls that count (see [`CallSite::counted`]).
+    #[serde(alias = "user_per_tick")]
+    pub counted_per_tick: Vec<u64>,
+    /// Call sites by culprit, most calls first.
     pub sites: Vec<CallSite>,
     /// Argument values seen (only for functions whose argument matters).
     pub args: Vec<ArgCount>,
@@ -204,7 +229,7 @@ fn cause<'a>(reason: &Reason, calls: &'a [CallStats]) -> Option<&'a CallStats> {
     let called: Vec<&CallStats> = Api::causing(reason.code, reason.forced)
         .filter_map(|api| calls.iter().find(|c| c.func == api && c.calls > 0))
         .collect();
-    let user = |c: &&&CallStats| c.sites.iter().any(|s| s.user_code);
+    let user = |c: &&&CallStats| c.sites.iter().any(|s| s.counted);
     called.iter().rev().find(user).or(called.last()).copied()
 }
 
@@ -221,7 +246,7 @@ fn closes_resource(target: &Target, name: &str) -> bool {
     }
     target.binary.called_functions(name).iter().any(|callee| {
         is_close(callee)
-            || (is_user_code(callee)
+            || (target.binary.owner_of(callee).owner.is_program()
                 && target
                     .binary
                     .called_functions(callee)
@@ -323,18 +348,87 @@ pub fn summarize(
     let empty = Snapshot::default();
     let last = samples.last().map(|s| &s.snap).unwrap_or(&empty);
 
-    // Symbolise each distinct return address once.
-    let mut site_of: HashMap<u64, (String, String, u32)> = HashMap::new();
+    // Each distinct calling path (probe, call site, stack) is judged once: its site,
+    // culprit and exclusion (see `paths`).
+    let probed: Vec<(&str, Api)> = plan.call_probes.iter().map(|p| (p.symbol, p.api)).collect();
+    let mut judged: HashMap<(u32, u64, u64), Judged> = HashMap::new();
     for s in samples {
         for k in s.snap.calls.keys().filter(|k| k.tgid == pid) {
-            site_of
-                .entry(k.caller)
-                .or_insert_with(|| target.call_site(k.caller));
+            judged
+                .entry((k.probe, k.caller, k.stack))
+                .or_insert_with(|| {
+                    let Some(probe) = plan.call_probes.get(k.probe as usize) else {
+                        return Judged::default();
+                    };
+                    let stack = s.snap.stack_of(k);
+                    let site_frames = target.frames(k.caller);
+                    let outer: Vec<_> = stack.iter().map(|&pc| target.frames(pc)).collect();
+                    let frames: Vec<&Frame> = site_frames
+                        .iter()
+                        .chain(outer.iter().flat_map(|f| f.iter()))
+                        .collect();
+                    let truncated = stack.len() == STACK_FRAMES;
+                    let (culprit, excluded) =
+                        paths::judge_path(probe.api, probe.symbol, &frames, truncated, &probed);
+                    let site = site_frames.last();
+                    Judged {
+                        site: site.map_or_else(
+                            || (format!("{:#x}", k.caller), String::new(), 0),
+                            |f| (f.function.clone(), f.file.clone(), f.line),
+                        ),
+                        site_owner: site_frames
+                            .iter()
+                            .find(|f| !paths::is_api_frame(probe.api, probe.symbol, f))
+                            .map(|f| f.owner),
+                        culprit,
+                        excluded,
+                    }
+                });
         }
     }
-    let user = |caller: u64| site_of.get(&caller).is_some_and(|s| is_user_code(&s.0));
-    // (all calls, calls from user code) per probe id, in each sample: one pass over
-    // each snapshot (watch judges every process on every tick).
+    // A finalizer's function is known per argument: the standard library's own, set
+    // (or cleared) by its own code, is excluded by what it is.
+    let finalizer_fn = |value: u64| -> Option<String> {
+        target
+            .binary
+            .func_at(target.to_file_vaddr(value))
+            .map(|f| f.name)
+    };
+    let mut std_finalizer: HashMap<u64, bool> = HashMap::new();
+    let mut exclusion_of = |k: &CallKey| -> Option<Exclusion> {
+        let j = judged.get(&(k.probe, k.caller, k.stack))?;
+        if j.excluded.is_some() {
+            return j.excluded;
+        }
+        let probe = plan.call_probes.get(k.probe as usize)?;
+        if probe.mode == ArgMode::FinalizerFn && j.site_owner == Some(Owner::Std) {
+            // 0 is `SetFinalizer(x, nil)`: Close clearing the finalizer it set.
+            let std_fn = *std_finalizer.entry(k.arg).or_insert_with(|| {
+                k.arg == 0
+                    || finalizer_fn(k.arg).is_some_and(|f| {
+                        matches!(
+                            target.binary.owner_of(&f).owner,
+                            Owner::Std | Owner::Runtime
+                        )
+                    })
+            });
+            if std_fn {
+                return Some(Exclusion::StdFinalizer);
+            }
+        }
+        None
+    };
+    let mut excluded: HashMap<CallKey, Option<Exclusion>> = HashMap::new();
+    for s in samples {
+        for k in s.snap.calls.keys().filter(|k| k.tgid == pid) {
+            if !excluded.contains_key(k) {
+                excluded.insert(*k, exclusion_of(k));
+            }
+        }
+    }
+    let counts = |k: &CallKey| excluded.get(k).is_some_and(|e| e.is_none());
+    // (all calls, counted calls) per probe id, in each sample: one pass over each
+    // snapshot (watch judges every process on every tick).
     let totals: Vec<HashMap<u32, (u64, u64)>> = samples
         .iter()
         .map(|s| {
@@ -342,7 +436,7 @@ pub fn summarize(
             for (k, v) in s.snap.calls.iter().filter(|(k, _)| k.tgid == pid) {
                 let e = t.entry(k.probe).or_default();
                 e.0 += v;
-                if user(k.caller) {
+                if counts(k) {
                     e.1 += v;
                 }
             }
@@ -354,28 +448,41 @@ pub fn summarize(
     for (id, probe) in plan.call_probes.iter().enumerate() {
         let id = id as u32;
         let mut per_tick = Vec::with_capacity(samples.len());
-        let mut user_per_tick = Vec::with_capacity(samples.len());
+        let mut counted_per_tick = Vec::with_capacity(samples.len());
         let mut prev = (0, 0);
         for t in &totals {
             let t = t.get(&id).copied().unwrap_or_default();
             per_tick.push(t.0.saturating_sub(prev.0));
-            user_per_tick.push(t.1.saturating_sub(prev.1));
+            counted_per_tick.push(t.1.saturating_sub(prev.1));
             prev = t;
         }
         let total = prev.0;
         let code_pointer = probe.mode == ArgMode::FinalizerFn;
         let has_arg = probe.mode != ArgMode::None;
-        let mut sites: BTreeMap<&(String, String, u32), BTreeMap<i64, u64>> = BTreeMap::new();
+        // Sites by (call site, culprit, exclusion), each with its calls by argument.
+        type SiteKey<'j> = (
+            &'j CallSiteName,
+            Option<(&'j str, &'j str, u32)>,
+            Option<Exclusion>,
+        );
+        let mut sites: BTreeMap<SiteKey, (BTreeMap<i64, u64>, &Judged)> = BTreeMap::new();
         let mut args: BTreeMap<i64, u64> = BTreeMap::new();
         for (k, v) in last
             .calls
             .iter()
             .filter(|(k, _)| k.tgid == pid && k.probe == id)
         {
-            let Some(site) = site_of.get(&k.caller) else {
+            let Some(j) = judged.get(&(k.probe, k.caller, k.stack)) else {
                 continue;
             };
-            let per_arg = sites.entry(site).or_default();
+            let ex = excluded.get(k).copied().flatten();
+            let culprit = j
+                .culprit
+                .as_ref()
+                .map(|c| (c.function.as_str(), c.file.as_str(), c.line));
+            let (per_arg, _) = sites
+                .entry((&j.site, culprit, ex))
+                .or_insert_with(|| (BTreeMap::new(), j));
             if has_arg {
                 *per_arg.entry(k.arg as i64).or_default() += v;
                 *args.entry(k.arg as i64).or_default() += v;
@@ -404,13 +511,15 @@ pub fn summarize(
         };
         let mut sites: Vec<CallSite> = sites
             .into_iter()
-            .map(|((function, file, line), per_arg)| CallSite {
-                user_code: is_user_code(function),
-                function: function.clone(),
-                file: file.clone(),
-                line: *line,
+            .map(|((site, _, excluded), (per_arg, j))| CallSite {
+                counted: excluded.is_none(),
+                function: site.0.clone(),
+                file: site.1.clone(),
+                line: site.2,
                 calls: per_arg.values().sum(),
                 args: arg_counts(&per_arg),
+                culprit: j.culprit.clone(),
+                excluded: excluded.map(Exclusion::reason),
             })
             .collect();
         sites.sort_by_key(|s| std::cmp::Reverse(s.calls));
@@ -427,7 +536,7 @@ pub fn summarize(
             calls: total,
             per_second: total as f64 / duration_s,
             per_tick,
-            user_per_tick,
+            counted_per_tick,
             sites,
             args: arg_counts(&args),
         });
@@ -472,7 +581,7 @@ pub fn summarize(
             p.call_site = stats
                 .sites
                 .iter()
-                .find(|s| s.user_code)
+                .find(|s| s.counted)
                 .or(stats.sites.first())
                 .cloned();
         } else if p.reason.is_gc() {

@@ -16,7 +16,7 @@ use aya::{
     programs::UProbe,
     Ebpf,
 };
-use detector_common::{errors, CallKey, StwKey, StwOpen, StwStats, HIT_SLOTS};
+use detector_common::{errors, CallKey, Stack, StackKey, StwKey, StwOpen, StwStats, HIT_SLOTS};
 
 use super::detacher::Detacher;
 pub use super::privileges::{check_privileges, watch_privilege_warning};
@@ -52,6 +52,9 @@ pub struct Probes {
     guardian: Option<Arc<Guardian>>,
     /// Removes duty-cycled probes in the background, and measures how long it takes.
     detacher: Detacher,
+    /// Every calling stack read from the kernel so far, live processes only. A stack
+    /// is read once, when a call key first names it: the map is not walked per tick.
+    stacks: Arc<HashMap<StackKey, Stack>>,
 }
 
 /// One live probe: detector's program linked to a uprobe. Dropping it detaches the
@@ -110,6 +113,30 @@ pub struct Snapshot {
     pub calls: HashMap<CallKey, u64>,
     pub stw: HashMap<StwKey, StwStats>,
     pub errors: [u64; errors::COUNT as usize],
+    /// The calling stacks `calls` name (and others): shared, not copied, per tick.
+    pub stacks: Arc<HashMap<StackKey, Stack>>,
+}
+
+impl Snapshot {
+    /// The frames above the call site of `k`, innermost first (empty when unknown).
+    pub fn stack_of(&self, k: &CallKey) -> &[u64] {
+        if k.stack == 0 {
+            return &[];
+        }
+        let key = StackKey {
+            tgid: k.tgid,
+            _pad: 0,
+            hash: k.stack,
+        };
+        self.stacks.get(&key).map_or(&[], |s| {
+            let n = s
+                .frames
+                .iter()
+                .position(|&pc| pc == 0)
+                .unwrap_or(s.frames.len());
+            &s.frames[..n]
+        })
+    }
 }
 
 const PROGRAMS: [Program; 8] = [
@@ -151,6 +178,7 @@ impl Probes {
             ebpf,
             guardian,
             detacher: Detacher::default(),
+            stacks: Arc::default(),
         })
     }
 
@@ -389,6 +417,20 @@ impl Probes {
                 }
             }
         }
+        if let Some(m) = self.ebpf.map_mut("STACKS") {
+            if let Ok(mut stacks) = aya::maps::HashMap::<&mut MapData, StackKey, Stack>::try_from(m)
+            {
+                let dead: Vec<StackKey> = stacks
+                    .keys()
+                    .map_while(Result::ok)
+                    .filter(|k| gone.contains(&k.tgid))
+                    .collect();
+                for k in dead {
+                    let _ = stacks.remove(&k);
+                }
+            }
+        }
+        Arc::make_mut(&mut self.stacks).retain(|k, _| !gone.contains(&k.tgid));
         if let Some(m) = self.ebpf.map_mut("STW_OPEN") {
             if let Ok(mut h) = aya::maps::HashMap::<&mut MapData, u32, StwOpen>::try_from(m) {
                 for pid in gone {
@@ -470,13 +512,18 @@ impl Snapshot {
         for (e, b) in errors.iter_mut().zip(baseline.errors.iter()) {
             *e = e.saturating_sub(*b);
         }
-        Snapshot { calls, stw, errors }
+        Snapshot {
+            calls,
+            stw,
+            errors,
+            stacks: self.stacks.clone(),
+        }
     }
 }
 
 impl Probes {
-    /// Reads every map, summing the per-CPU slots.
-    pub fn snapshot(&self) -> Snapshot {
+    /// Reads every map, summing the per-CPU slots; reads the stacks not seen before.
+    pub fn snapshot(&mut self) -> Snapshot {
         let mut snap = Snapshot::default();
         if let Some(m) = self.ebpf.map("CALLS") {
             if let Ok(calls) = PerCpuHashMap::<&MapData, CallKey, u64>::try_from(m) {
@@ -485,6 +532,30 @@ impl Probes {
                 }
             }
         }
+        let new: Vec<StackKey> = snap
+            .calls
+            .keys()
+            .filter(|k| k.stack != 0)
+            .map(|k| StackKey {
+                tgid: k.tgid,
+                _pad: 0,
+                hash: k.stack,
+            })
+            .filter(|k| !self.stacks.contains_key(k))
+            .collect();
+        if !new.is_empty() {
+            if let Some(m) = self.ebpf.map("STACKS") {
+                if let Ok(map) = aya::maps::HashMap::<&MapData, StackKey, Stack>::try_from(m) {
+                    let cache = Arc::make_mut(&mut self.stacks);
+                    for k in new {
+                        if let Ok(s) = map.get(&k, 0) {
+                            cache.insert(k, s);
+                        }
+                    }
+                }
+            }
+        }
+        snap.stacks = self.stacks.clone();
         if let Some(m) = self.ebpf.map("STW") {
             if let Ok(stw) = aya::maps::HashMap::<&MapData, StwKey, StwStats>::try_from(m) {
                 for (k, s) in stw.iter().map_while(Result::ok) {

@@ -129,6 +129,7 @@ impl Extrapolator {
             calls: HashMap::with_capacity(raw.calls.len()),
             stw: raw.stw.clone(),
             errors: raw.errors,
+            stacks: raw.stacks.clone(),
         };
         for (k, v, d) in deltas {
             let add = match partly_live(k.probe) {
@@ -177,6 +178,7 @@ mod tests {
             probe,
             caller: 0x1000,
             arg: 0,
+            stack: 0,
         }
     }
 

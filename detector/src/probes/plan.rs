@@ -266,7 +266,7 @@ fn plan_inlined_sites(bin: &GoBinary, v: GoVersion, api: Api, plan: &mut Plan) {
     let Presence::Inlined { callee } = api.presence(v) else {
         return;
     };
-    let sites: Vec<_> = user_inlined_sites(bin, callee)
+    let sites: Vec<_> = inlined_sites(bin, callee)
         .into_iter()
         .take(MAX_INLINED_SITES)
         .collect();
@@ -297,11 +297,12 @@ fn plan_inlined_sites(bin: &GoBinary, v: GoVersion, api: Api, plan: &mut Plan) {
     }
 }
 
-/// Where `callee` was inlined into user code (the runtime's own uses are not probed).
-pub fn user_inlined_sites(bin: &GoBinary, callee: &str) -> Vec<crate::gobin::InlinedCall> {
+/// Where `callee` was inlined outside the runtime (the runtime's own uses are not
+/// probed; the standard library's are, as its calls are judged by their cost too).
+pub fn inlined_sites(bin: &GoBinary, callee: &str) -> Vec<crate::gobin::InlinedCall> {
     bin.inlined_calls(callee)
         .into_iter()
-        .filter(|s| crate::gobin::owner::is_user_code(&s.caller))
+        .filter(|s| bin.owner_of(&s.caller).owner != crate::gobin::owner::Owner::Runtime)
         .collect()
 }
 

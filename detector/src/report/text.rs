@@ -3,6 +3,8 @@ use std::fmt::Write;
 
 use super::{Diagnosis, Inspection};
 use crate::apis::Api;
+use crate::collect::Culprit;
+use crate::gobin::owner::Owner;
 use crate::rules::{fmt_ns, fmt_pct};
 
 pub fn render_diagnosis(d: &Diagnosis) -> String {
@@ -42,8 +44,17 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     for f in &d.findings {
         let _ = writeln!(o, "  [{}] {}: {}", f.severity.label(), f.rule, f.title);
         let _ = writeln!(o, "      {}", f.summary);
-        if let Some(s) = &f.call_site {
-            let _ = writeln!(o, "      call site: {} ({}:{})", s.function, s.file, s.line);
+        match (&f.culprit, &f.call_site) {
+            (Some(c), _) => {
+                let _ = writeln!(o, "      culprit: {}", culprit_text(c));
+                if c.path.len() > 2 {
+                    let _ = writeln!(o, "      path:    {}", c.path.join(" → "));
+                }
+            }
+            (None, Some(s)) => {
+                let _ = writeln!(o, "      call site: {} ({}:{})", s.function, s.file, s.line);
+            }
+            (None, None) => {}
         }
         for e in &f.evidence {
             let _ = writeln!(o, "      - {e}");
@@ -74,10 +85,22 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
                 .unwrap_or_default()
         );
         for site in s.sites.iter().take(3) {
+            let who = match &site.culprit {
+                Some(c) if c.function != site.function => {
+                    format!("{} ← {}", site.function, c.function)
+                }
+                _ => site.function.clone(),
+            };
             let _ = writeln!(
                 o,
-                "      {:>9}  {} ({}:{})",
-                site.calls, site.function, site.file, site.line
+                "      {:>9}  {who} ({}:{}){}",
+                site.calls,
+                site.file,
+                site.line,
+                site.excluded
+                    .as_deref()
+                    .map(|r| format!(" [not counted: {r}]"))
+                    .unwrap_or_default()
             );
         }
         if !s.args.is_empty() {
@@ -230,4 +253,27 @@ fn yes(b: bool) -> &'static str {
     } else {
         "no"
     }
+}
+
+/// A culprit in one line: where it is, who owns it, what drives it.
+pub fn culprit_text(c: &Culprit) -> String {
+    let owner = match (c.owner, &c.module) {
+        (Owner::Main, _) => "main module".to_string(),
+        (Owner::Dependency, Some(m)) => format!("dependency {m}"),
+        (Owner::Dependency, None) => "dependency".to_string(),
+        (Owner::Std, _) => "standard library".to_string(),
+        (Owner::Runtime, _) => "runtime".to_string(),
+        (Owner::Foreign, _) => "not Go code".to_string(),
+    };
+    let mut t = format!("{} ({}:{}, {owner})", c.function, c.file, c.line);
+    if let Some(d) = &c.driven_by {
+        t.push_str(&format!(
+            ", entered from {d}: no program code on the stack, so something drives {d} to call it \
+             (a client polling an endpoint, a timer)"
+        ));
+    }
+    if c.truncated {
+        t.push_str(" (stack deeper than walked)");
+    }
+    t
 }

@@ -6,7 +6,7 @@
 //! tells the two profiles apart.
 use detector_common::{BUCKET_BLOCK, BUCKET_MUTEX};
 
-use super::{cpu_severity, fmt_pct, user_calls, Finding, Param, Rule, Thresholds};
+use super::{counted_calls, cpu_severity, fmt_pct, Finding, Param, Rule, Thresholds};
 use crate::apis::Api;
 use crate::collect::Collected;
 
@@ -74,7 +74,7 @@ fn judge_block(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             c.ticks_per_second.map(|hz| ticks as f64 * 1e9 / hz)
         }
     });
-    let set = user_calls(c, Api::SetBlockProfileRate, |r| {
+    let set = counted_calls(c, Api::SetBlockProfileRate, |r| {
         r > 0 && (r as f64) < t.get(&BLOCK_PROFILE_MIN_RATE_NS)
     });
     let live_low = live_ns.filter(|ns| *ns < t.get(&BLOCK_PROFILE_MIN_RATE_NS));
@@ -106,6 +106,7 @@ fn judge_block(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             fmt_pct(core)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "every blocking channel operation, select and lock wait walks the stack and updates the profile: several times slower blocking and hundreds of MB of profile after hours".into(),
         fix: "sample: SetBlockProfileRate(10000) (10 µs) or more in steady state, and raise the resolution only for a short diagnosis window through an admin endpoint".into(),
@@ -131,6 +132,7 @@ fn judge_mutex(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             fmt_pct(core)
         ),
         call_site: None,
+        culprit: None,
         evidence: vec![
             format!("{n} mutex events recorded in {:.1} s with SetMutexProfileFraction({fraction}) in effect", c.duration_s),
             "SetMutexProfileFraction is always inlined: its call site cannot be probed; search the code for it".into(),

@@ -3,8 +3,8 @@
 //! The standard library's own callers (log with Lshortfile, testing) are not the
 //! user's code and are ignored.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, shared, site_lines, user_calls, Finding, Param, Rule,
-    Thresholds,
+    active_fraction, counted_calls, cpu_severity, fmt_pct, from_text, shared, site_lines, Finding,
+    Param, Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::Collected;
@@ -13,15 +13,14 @@ pub const CALLER_PER_SECOND: Param = Param {
     key: "caller_per_second",
     default: 1000.0,
     whole: false,
-    doc: "runtime.Caller/Callers/FuncForPC calls per second from user code that make a finding",
+    doc: "runtime.Caller/Callers/FuncForPC calls per second that make a finding",
 };
 
 pub const RULE: Rule = Rule {
     id: "caller-hot-path",
     catalog_case: Some(11),
     title: "runtime.Caller on a hot path",
-    observes:
-        "calls to runtime.Caller, runtime.Callers and runtime.FuncForPC from user code, per second",
+    observes: "calls to runtime.Caller, runtime.Callers and runtime.FuncForPC, per second",
     params: &[&CALLER_PER_SECOND, &shared::SUSTAINED_FRACTION],
     needs: &[Api::Caller, Api::Callers, Api::FuncForPc],
     judge,
@@ -35,7 +34,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let found: Vec<_> = RULE
         .needs
         .iter()
-        .filter_map(|a| user_calls(c, *a, |_| true))
+        .filter_map(|a| counted_calls(c, *a, |_| true))
         .collect();
     let rate: f64 = found.iter().map(|u| u.per_second).sum();
     if rate < t.get(&CALLER_PER_SECOND) {
@@ -44,19 +43,14 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let Some(main) = found.iter().max_by_key(|u| u.calls) else {
         return vec![];
     };
-    if active_fraction(&main.stats.user_per_tick) < t.get(&shared::SUSTAINED_FRACTION) {
+    if active_fraction(&main.stats.counted_per_tick) < t.get(&shared::SUSTAINED_FRACTION) {
         return vec![];
     }
     let site = main.sites.first().cloned();
     let core = rate * NS_PER_CALL / 1e9;
     let mut evidence: Vec<String> = found
         .iter()
-        .map(|u| {
-            format!(
-                "{}: {} calls from user code ({:.0}/s)",
-                u.stats.api, u.calls, u.per_second
-            )
-        })
+        .map(|u| format!("{}: {} calls ({:.0}/s)", u.stats.api, u.calls, u.per_second))
         .collect();
     evidence.extend(site_lines(main.stats, 4));
     if let Some(cpu) = c.cpu_seconds {
@@ -74,10 +68,11 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         summary: format!(
             "{} {rate:.0}/s{} spends about {} of a core unwinding and symbolising stacks",
             main.stats.api,
-            site.as_ref().map(|s| format!(" from {}", s.function)).unwrap_or_default(),
+            site.as_ref().map(from_text).unwrap_or_default(),
             fmt_pct(core)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "each call unwinds the stack and decodes the PC-to-line tables (about 1-2 µs and an allocation), on every log line".into(),
         fix: "use a constant (or once-computed) file name for ordinary log lines and call runtime.Caller only on the error path; with log/slog enable AddSource only for the error sink".into(),

@@ -5,8 +5,8 @@
 //! is on, and never otherwise. Calls made during the window (SetCPUProfileRate,
 //! StartCPUProfile, StopCPUProfile) are used when seen.
 use super::{
-    cpu_severity, fmt_pct, on_throughout, site_lines, user_calls, Finding, Param, Rule, Severity,
-    Thresholds,
+    counted_calls, cpu_severity, fmt_pct, on_throughout, site_lines, Finding, Param, Rule,
+    Severity, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::Collected;
@@ -61,7 +61,7 @@ pub(crate) fn estimated_hz(c: &Collected) -> Option<f64> {
 }
 
 fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let set = user_calls(c, Api::SetCpuProfileRate, |hz| {
+    let set = counted_calls(c, Api::SetCpuProfileRate, |hz| {
         hz as f64 > t.get(&CPU_PROFILE_MAX_HZ)
     });
     let est = estimated_hz(c);
@@ -120,6 +120,7 @@ fn judge_rate(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             fmt_pct(core)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "every sample is a signal, a stack walk and a buffer write on the thread that was running; at 10 kHz that is about 15% CPU and milliseconds of added tail latency".into(),
         fix: "keep the default 100 Hz (drop SetCPUProfileRate) and profile for longer if you need more samples".into(),
@@ -136,7 +137,7 @@ fn judge_unbounded(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     else {
         return vec![];
     };
-    let start = user_calls(c, Api::StartCpuProfile, |_| true);
+    let start = counted_calls(c, Api::StartCpuProfile, |_| true);
     let site = start.as_ref().and_then(|s| s.sites.first().cloned());
     let mut evidence = vec![format!(
         "the CPU profiler took samples in every one of the {} seconds watched ({} samples), and StopCPUProfile was never called",
@@ -157,6 +158,7 @@ fn judge_unbounded(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             c.duration_s, t.get(&CPU_PROFILE_MAX_WINDOW_S)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "an unbounded profile streams to local disk forever: steady I/O, a file that fills the disk, and a process that fails when the write does".into(),
         fix: "profile in fixed windows (e.g. 30 s every 5 min) with rotation and upload, or use a continuous-profiling agent with bounded local buffering".into(),

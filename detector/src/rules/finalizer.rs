@@ -6,7 +6,8 @@
 //! SetFinalizer calls from the standard library (os closes files this way) and calls
 //! that clear a finalizer (nil) are ignored.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, shared, site_lines, Finding, Param, Rule, Thresholds,
+    active_fraction, cpu_severity, fmt_pct, from_text, shared, site_lines, Finding, Param, Rule,
+    Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{CallSite, Collected};
@@ -15,14 +16,14 @@ pub const FINALIZER_PER_SECOND: Param = Param {
     key: "finalizer_per_second",
     default: 10.0,
     whole: false,
-    doc: "SetFinalizer calls per second from user code that make a finding",
+    doc: "SetFinalizer calls per second that make a finding",
 };
 
 pub const CLEANUP_RULE: Rule = Rule {
     id: "finalizer-cleanup",
     catalog_case: Some(3),
     title: "runtime.SetFinalizer used to release resources",
-    observes: "SetFinalizer calls from user code per second whose finalizer function calls a Close method (finalizer read from the call's arguments, its calls decoded from the binary)",
+    observes: "SetFinalizer calls per second whose finalizer function calls a Close method (finalizer read from the call's arguments, its calls decoded from the binary)",
     params: &[&FINALIZER_PER_SECOND, &shared::SUSTAINED_FRACTION],
     needs: &[Api::SetFinalizer],
     judge: judge_cleanup,
@@ -33,7 +34,7 @@ pub const LEAK_RULE: Rule = Rule {
     id: "finalizer-leak-counter",
     catalog_case: Some(12),
     title: "runtime.SetFinalizer on hot objects to count leaks",
-    observes: "SetFinalizer calls from user code per second whose finalizer does not close anything (counting or logging finalizers)",
+    observes: "SetFinalizer calls per second whose finalizer does not close anything (counting or logging finalizers)",
     params: &[&FINALIZER_PER_SECOND, &shared::SUSTAINED_FRACTION],
     needs: &[Api::SetFinalizer],
     judge: judge_leak,
@@ -58,7 +59,7 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
     };
     // User call sites, keeping only finalizers of the kind this rule is about.
     let mut sites: Vec<(CallSite, Vec<String>)> = vec![];
-    for s in stats.sites.iter().filter(|s| s.user_code) {
+    for s in stats.sites.iter().filter(|s| s.counted) {
         let mut n = 0;
         let mut names = vec![];
         for a in s.args.iter().filter(|a| a.value != 0) {
@@ -81,7 +82,7 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
     let calls: u64 = sites.iter().map(|(s, _)| s.calls).sum();
     let rate = calls as f64 / c.duration_s;
     if rate < t.get(&FINALIZER_PER_SECOND)
-        || active_fraction(&stats.user_per_tick) < t.get(&shared::SUSTAINED_FRACTION)
+        || active_fraction(&stats.counted_per_tick) < t.get(&shared::SUSTAINED_FRACTION)
     {
         return vec![];
     }
@@ -90,7 +91,7 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
     };
     let core = rate * NS_PER_CALL / 1e9;
     let mut evidence = vec![format!(
-        "{calls} SetFinalizer calls from user code in {:.1} s ({rate:.0}/s), finalizer {}",
+        "{calls} SetFinalizer calls in {:.1} s ({rate:.0}/s), finalizer {}",
         c.duration_s,
         finalizers.join(", ")
     )];
@@ -116,11 +117,12 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
         severity: cpu_severity(core),
         title: rule.title.into(),
         summary: format!(
-            "SetFinalizer {rate:.0}/s from {} with a finalizer that {what}: about {} of a core, plus one extra GC cycle of retention per object",
-            site.function,
+            "SetFinalizer {rate:.0}/s{} with a finalizer that {what}: about {} of a core, plus one extra GC cycle of retention per object",
+            from_text(&site),
             fmt_pct(core)
         ),
         call_site: Some(site),
+        culprit: None,
         evidence,
         cost: cost.into(),
         fix: fix.into(),

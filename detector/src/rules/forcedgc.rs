@@ -2,10 +2,10 @@
 //! (runtime.GC, debug.FreeOSMemory). Each forced collection stops the world twice
 //! (sweep and mark termination) and throws away the pacer's work; FreeOSMemory adds a
 //! synchronous scavenge of the whole heap. One call at a phase boundary is fine: a
-//! finding needs `periodic_min_calls` calls from user code in the window.
+//! finding needs `periodic_min_calls` calls in the window.
 use super::{
-    fmt_ns, fmt_pct, forced_gc_pauses, pause_line, periodic_line, shared, site_lines,
-    stopping_line, stw_severity, user_calls, Finding, Rule, Thresholds,
+    counted_calls, fmt_ns, fmt_pct, forced_gc_pauses, from_text, pause_line, periodic_line, shared,
+    site_lines, stopping_line, stw_severity, Finding, Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::Collected;
@@ -14,7 +14,7 @@ pub const GC_RULE: Rule = Rule {
     id: "gc-forced-periodic",
     catalog_case: Some(2),
     title: "runtime.GC() called repeatedly",
-    observes: "calls to runtime.GC from user code, and the collector pauses that happen while a goroutine is inside runtime.GC (forced, not paced)",
+    observes: "calls to runtime.GC, and the collector pauses that happen while a goroutine is inside runtime.GC (forced, not paced)",
     params: &[&shared::PERIODIC_MIN_CALLS],
     needs: &[Api::Gc],
     judge: judge_gc,
@@ -25,8 +25,7 @@ pub const FREEOSMEMORY_RULE: Rule = Rule {
     id: "freeosmemory-periodic",
     catalog_case: Some(14),
     title: "debug.FreeOSMemory() on a timer",
-    observes:
-        "calls to debug.FreeOSMemory from user code, and the forced collection pauses they cause",
+    observes: "calls to debug.FreeOSMemory, and the forced collection pauses they cause",
     params: &[&shared::PERIODIC_MIN_CALLS],
     needs: &[Api::FreeOsMemory, Api::Gc],
     judge: judge_freeosmemory,
@@ -70,7 +69,7 @@ fn judge_freeosmemory(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 }
 
 fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
-    let Some(u) = user_calls(c, case.api, |_| true) else {
+    let Some(u) = counted_calls(c, case.api, |_| true) else {
         return vec![];
     };
     if u.calls < t.count(&shared::PERIODIC_MIN_CALLS) {
@@ -83,7 +82,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
     } else {
         Api::Gc
     };
-    let other_calls = user_calls(c, other, |_| true).map_or(0, |o| o.calls);
+    let other_calls = counted_calls(c, other, |_| true).map_or(0, |o| o.calls);
     let share = u.calls as f64 / (u.calls + other_calls) as f64;
     let stopped = (total_ns as f64 * share) as u64;
     let wall = stopped as f64 / (c.duration_s * 1e9);
@@ -93,10 +92,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
         stopped as f64 / c.stopped_ns as f64
     };
     let site = u.sites.first().cloned();
-    let from = site
-        .as_ref()
-        .map(|s| format!(" from {}", s.function))
-        .unwrap_or_default();
+    let from = site.as_ref().map(from_text).unwrap_or_default();
     let mut evidence = vec![periodic_line(&u, c, "")];
     evidence.extend(site_lines(u.stats, 4));
     if c.stw_measured {
@@ -116,6 +112,7 @@ fn judge(c: &Collected, t: &Thresholds, case: &Case) -> Vec<Finding> {
             fmt_pct(stw_share)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: case.cost.into(),
         fix: case.fix.into(),

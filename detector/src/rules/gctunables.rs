@@ -13,8 +13,8 @@
 //! < 0)` is a query (no commit) and never counts, nor does any call from the runtime or
 //! the standard library.
 use super::{
-    active_fraction, shared, site_lines, user_calls, Finding, Param, Rule, Severity, Thresholds,
-    UserCalls,
+    active_fraction, counted_calls, from_text, shared, site_lines, CountedCalls, Finding, Param,
+    Rule, Severity, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{CallStats, Collected};
@@ -23,14 +23,14 @@ pub const GC_TUNABLE_PER_SECOND: Param = Param {
     key: "gc_tunable_per_second",
     default: 2.0,
     whole: false,
-    doc: "SetGCPercent and SetMemoryLimit (limit >= 0) calls per second from user code, together, that make a finding",
+    doc: "SetGCPercent and SetMemoryLimit (limit >= 0) calls per second, together, that make a finding",
 };
 
 pub const RULE: Rule = Rule {
     id: "gc-tunable-churn",
     catalog_case: None,
     title: "GOGC / GOMEMLIMIT changed repeatedly (debug.SetGCPercent, debug.SetMemoryLimit)",
-    observes: "calls to debug.SetGCPercent (percent read from RAX) and debug.SetMemoryLimit with limit >= 0 (RAX) from user code, by call site and value",
+    observes: "calls to debug.SetGCPercent (percent read from RAX) and debug.SetMemoryLimit with limit >= 0 (RAX), by call site and value",
     params: &[&GC_TUNABLE_PER_SECOND, &shared::SUSTAINED_FRACTION],
     needs: &[Api::SetGcPercent, Api::SetMemoryLimit],
     judge,
@@ -56,8 +56,8 @@ fn fmt_limit(bytes: i64) -> String {
     }
 }
 
-/// "value ×calls" for every value passed from user code, most calls first.
-fn values(u: &UserCalls, keep: impl Fn(i64) -> bool, show: impl Fn(i64) -> String) -> String {
+/// "value ×calls" for every value passed, most calls first.
+fn values(u: &CountedCalls, keep: impl Fn(i64) -> bool, show: impl Fn(i64) -> String) -> String {
     let mut by_value: Vec<(String, u64)> = vec![];
     for a in u
         .sites
@@ -79,18 +79,18 @@ fn values(u: &UserCalls, keep: impl Fn(i64) -> bool, show: impl Fn(i64) -> Strin
         .join(", ")
 }
 
-/// Share of the window's ticks in which either API was called from user code.
+/// Share of the window's ticks in which either API was called.
 fn sustained(stats: &[&CallStats]) -> f64 {
     let ticks = stats
         .iter()
-        .map(|s| s.user_per_tick.len())
+        .map(|s| s.counted_per_tick.len())
         .max()
         .unwrap_or(0);
     let merged: Vec<u64> = (0..ticks)
         .map(|i| {
             stats
                 .iter()
-                .map(|s| s.user_per_tick.get(i).copied().unwrap_or(0))
+                .map(|s| s.counted_per_tick.get(i).copied().unwrap_or(0))
                 .sum()
         })
         .collect();
@@ -98,8 +98,8 @@ fn sustained(stats: &[&CallStats]) -> f64 {
 }
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let gogc = user_calls(c, Api::SetGcPercent, |_| true);
-    let limit = user_calls(c, Api::SetMemoryLimit, |l| l >= 0);
+    let gogc = counted_calls(c, Api::SetGcPercent, |_| true);
+    let limit = counted_calls(c, Api::SetMemoryLimit, |l| l >= 0);
     let calls = gogc.as_ref().map_or(0, |u| u.calls) + limit.as_ref().map_or(0, |u| u.calls);
     let stats: Vec<&CallStats> = gogc.iter().chain(&limit).map(|u| u.stats).collect();
     let active = sustained(&stats);
@@ -135,7 +135,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let queries: u64 = c.calls_of(Api::SetMemoryLimit).map_or(0, |s| {
         s.sites
             .iter()
-            .filter(|s| s.user_code)
+            .filter(|s| s.counted)
             .flat_map(|s| &s.args)
             .filter(|a| a.value < 0)
             .map(|a| a.calls)
@@ -144,12 +144,12 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
 
     let mut evidence = vec![if from_live_time {
         format!(
-            "{calls} calls from user code seen while the probes were live, about {rate:.1}/s over that time (the overhead budget kept them off most of the {:.1} s window)",
+            "{calls} calls seen while the probes were live, about {rate:.1}/s over that time (the overhead budget kept them off most of the {:.1} s window)",
             c.duration_s
         )
     } else {
         format!(
-            "{calls} calls from user code in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
+            "{calls} calls in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
             c.duration_s,
             active * 100.0
         )
@@ -213,7 +213,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         title: RULE.title.into(),
         summary: format!(
             "GC tunables set {rate:.1}/s{}{}: every call takes the heap lock and re-paces the collector",
-            site.as_ref().map(|s| format!(" from {}", s.function)).unwrap_or_default(),
+            site.as_ref().map(from_text).unwrap_or_default(),
             if off > 0 {
                 format!(", switching the collector off {:.1} times/s", off as f64 / c.duration_s)
             } else {
@@ -221,6 +221,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             }
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "GOGC and GOMEMLIMIT are process-wide: every call takes the global heap lock (which span allocation also takes), recomputes the heap goal and re-paces the sweeper, the scavenger and any running mark phase; SetGCPercent(-1) also blocks until a running mark phase ends, and restoring the percent with the heap grown past its goal starts the skipped collection at once, so the collections bunch up after each section. Concurrent togglers race: GC stays off while any of them is inside its section, and one that never restores leaves it off for good".into(),
         fix: "set GOGC / GOMEMLIMIT once at startup (environment, or one debug.SetGCPercent / debug.SetMemoryLimit call in main); for sections that should run with fewer collections give the whole process the headroom once (a larger GOGC, with a memory limit as the safety net) instead of switching the collector off per section; for container memory limits use a controller that sets the limit once at start and adjusts it at most every several seconds; to read the settings use runtime/metrics (/gc/gogc:percent, /gc/gomemlimit:bytes) or SetMemoryLimit(-1), not SetGCPercent(SetGCPercent(-1))".into(),
@@ -255,7 +256,7 @@ mod tests {
                 }
                 s.calls = s.args.len() as u64;
                 s.per_tick = vec![s.calls, 0, 0];
-                s.user_per_tick = s.per_tick.clone();
+                s.counted_per_tick = s.per_tick.clone();
                 s.sampled = sampled;
             }
         }

@@ -2,8 +2,8 @@
 //! query (the standard library's sync.Pool makes it all the time) and never counts;
 //! n > 0 takes the scheduler lock and, when n differs, stops the world to resize.
 use super::{
-    fmt_pct, pause_line, pauses_with, site_lines, stopping_line, stw_severity, user_calls, Finding,
-    Param, Rule, Severity, Thresholds,
+    counted_calls, fmt_pct, from_text, pause_line, pauses_with, site_lines, stopping_line,
+    stw_severity, Finding, Param, Rule, Severity, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{stw::GOMAXPROCS, Collected};
@@ -12,14 +12,14 @@ pub const GOMAXPROCS_MIN_CALLS: Param = Param {
     key: "gomaxprocs_min_calls",
     default: 2.0,
     whole: true,
-    doc: "GOMAXPROCS(n > 0) calls from user code in one window that make a finding",
+    doc: "GOMAXPROCS(n > 0) calls in one window that make a finding",
 };
 
 pub const RULE: Rule = Rule {
     id: "gomaxprocs-per-request",
     catalog_case: Some(8),
     title: "runtime.GOMAXPROCS(n) set repeatedly",
-    observes: "calls to runtime.GOMAXPROCS with n > 0 from user code (n is read from RAX), and the pauses with reason \"GOMAXPROCS\"",
+    observes: "calls to runtime.GOMAXPROCS with n > 0 (n is read from RAX), and the pauses with reason \"GOMAXPROCS\"",
     params: &[&GOMAXPROCS_MIN_CALLS],
     needs: &[Api::Gomaxprocs],
     judge,
@@ -27,7 +27,7 @@ pub const RULE: Rule = Rule {
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(u) = user_calls(c, Api::Gomaxprocs, |n| n > 0) else {
+    let Some(u) = counted_calls(c, Api::Gomaxprocs, |n| n > 0) else {
         return vec![];
     };
     if u.calls < t.count(&GOMAXPROCS_MIN_CALLS) {
@@ -44,7 +44,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         .map(|a| format!("n={} ×{}", a.value, a.calls))
         .collect();
     let mut evidence = vec![format!(
-        "{} calls with n > 0 from user code in {:.1} s ({:.1}/s){}",
+        "{} calls with n > 0 in {:.1} s ({:.1}/s){}",
         u.calls,
         c.duration_s,
         u.per_second,
@@ -79,12 +79,13 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         summary: format!(
             "GOMAXPROCS(n > 0) {:.1}/s{}: {} pauses ({} of wall time, {} of stop-the-world time) and the scheduler lock on every call",
             u.per_second,
-            site.as_ref().map(|s| format!(" from {}", s.function)).unwrap_or_default(),
+            site.as_ref().map(from_text).unwrap_or_default(),
             count,
             fmt_pct(wall),
             fmt_pct(stw_share)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "every call takes the global scheduler lock; a value that differs from the current one stops the world to add or remove Ps".into(),
         fix: "set GOMAXPROCS once at startup (or rely on the default; Go 1.25+ follows the cgroup CPU limit itself, older releases can use go.uber.org/automaxprocs)".into(),

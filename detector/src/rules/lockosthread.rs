@@ -3,8 +3,8 @@
 //! back to that thread (runtime.startlockedm): the hand-off rate is the live cost and
 //! is visible even when the lock was taken long before detector attached.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, shared, site_lines, user_calls, Finding, Param, Rule,
-    Thresholds,
+    active_fraction, counted_calls, cpu_severity, fmt_pct, shared, site_lines, Finding, Param,
+    Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::Collected;
@@ -20,7 +20,7 @@ pub const RULE: Rule = Rule {
     id: "lockosthread-worker",
     catalog_case: Some(9),
     title: "goroutines locked to OS threads keep blocking",
-    observes: "hand-offs to locked threads (runtime.startlockedm) per second, and calls to runtime.LockOSThread from user code",
+    observes: "hand-offs to locked threads (runtime.startlockedm) per second, and calls to runtime.LockOSThread",
     params: &[&LOCKEDM_HANDOFFS_PER_SECOND, &shared::SUSTAINED_FRACTION],
     needs: &[Api::LockOsThread, Api::StartLockedM],
     judge,
@@ -39,7 +39,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     {
         return vec![];
     }
-    let locks = user_calls(c, Api::LockOsThread, |_| true);
+    let locks = counted_calls(c, Api::LockOsThread, |_| true);
     let site = locks.as_ref().and_then(|l| l.sites.first().cloned());
     let core = handoffs.per_second * NS_PER_HANDOFF / 1e9;
     let mut evidence = vec![format!(
@@ -64,6 +64,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             fmt_pct(core)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "LockOSThread pins the goroutine to one OS thread, not to a CPU: when it blocks, the thread parks with it and the scheduler cannot steal its work; each wake-up is a thread hand-off".into(),
         fix: "remove LockOSThread from worker goroutines; keep it only around code that needs a specific thread, in a small goroutine that does nothing else".into(),

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::{
     apis::Api,
-    collect::{CallSite, CallStats, Collected, PauseStats},
+    collect::{CallSite, CallStats, Collected, Culprit, PauseStats},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -52,8 +52,12 @@ pub struct Finding {
     pub title: String,
     /// The measured cost in one line.
     pub summary: String,
-    /// The user call site responsible for most of it.
+    /// The call site responsible for most of it.
     pub call_site: Option<CallSite>,
+    /// The code to change, and the path from it down to the API: the call site's
+    /// culprit (filled in by [`judge`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Culprit>,
     pub evidence: Vec<String>,
     pub cost: String,
     pub fix: String,
@@ -241,6 +245,9 @@ pub fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             let mut found = (r.judge)(c, t);
             for f in &mut found {
                 f.evidence.extend(sampling_notes(c, r.needs));
+                if f.culprit.is_none() {
+                    f.culprit = f.call_site.as_ref().and_then(|s| s.culprit.clone());
+                }
             }
             found
         })
@@ -266,6 +273,22 @@ fn sampling_notes(c: &Collected, apis: &[Api]) -> Vec<String> {
         .collect()
 }
 
+/// " from F" naming the code to change for a site's calls: the culprit, or the
+/// standard library's entry point with what drives it; the calling function when
+/// the stack is unknown.
+pub(crate) fn from_text(s: &CallSite) -> String {
+    match &s.culprit {
+        Some(c) => match &c.driven_by {
+            Some(d) => format!(
+                " via {} (standard library, entered from {d}: something drives it, e.g. a client polling an endpoint)",
+                c.function
+            ),
+            None => format!(" from {}", c.function),
+        },
+        None => format!(" from {}", s.function),
+    }
+}
+
 /// Share of ticks that saw at least one call.
 pub(crate) fn active_fraction(per_tick: &[u64]) -> f64 {
     if per_tick.is_empty() {
@@ -274,25 +297,26 @@ pub(crate) fn active_fraction(per_tick: &[u64]) -> f64 {
     per_tick.iter().filter(|n| **n > 0).count() as f64 / per_tick.len() as f64
 }
 
-/// Calls of one API from user code, optionally only those whose argument matches.
-pub(crate) struct UserCalls<'a> {
+/// The calls of one API that count (all but those excluded by what they are, whoever
+/// made them), optionally only those whose argument matches.
+pub(crate) struct CountedCalls<'a> {
     pub calls: u64,
     pub per_second: f64,
-    /// User call sites, most calls first (calls counted with the filter applied).
+    /// Their call sites, most calls first (calls counted with the filter applied).
     pub sites: Vec<CallSite>,
     pub stats: &'a CallStats,
 }
 
-pub(crate) fn user_calls<'a>(
+pub(crate) fn counted_calls<'a>(
     c: &'a Collected,
     api: Api,
     keep_arg: impl Fn(i64) -> bool,
-) -> Option<UserCalls<'a>> {
+) -> Option<CountedCalls<'a>> {
     let stats = c.calls_of(api)?;
     let mut sites: Vec<CallSite> = stats
         .sites
         .iter()
-        .filter(|s| s.user_code)
+        .filter(|s| s.counted)
         .filter_map(|s| {
             let calls = if s.args.is_empty() {
                 s.calls
@@ -308,7 +332,7 @@ pub(crate) fn user_calls<'a>(
         .collect();
     sites.sort_by_key(|s| std::cmp::Reverse(s.calls));
     let calls: u64 = sites.iter().map(|s| s.calls).sum();
-    (calls > 0).then(|| UserCalls {
+    (calls > 0).then(|| CountedCalls {
         calls,
         per_second: calls as f64 / c.duration_s,
         sites,
@@ -316,24 +340,26 @@ pub(crate) fn user_calls<'a>(
     })
 }
 
-/// Evidence lines for the top call sites of an API (user code and ignored library).
+/// Evidence lines for the top call sites of an API (counted or not, and why not).
 pub(crate) fn site_lines(stats: &CallStats, n: usize) -> Vec<String> {
     stats
         .sites
         .iter()
         .take(n)
         .map(|s| {
-            format!(
-                "{} calls from {} ({}:{}){}",
-                s.calls,
-                s.function,
-                s.file,
-                s.line,
-                if s.user_code {
-                    ""
-                } else {
-                    " [runtime or standard library: ignored]"
+            let from = match &s.culprit {
+                Some(c) if c.function != s.function => {
+                    format!("{} via {} ({}:{})", c.function, s.function, s.file, s.line)
                 }
+                _ => format!("{} ({}:{})", s.function, s.file, s.line),
+            };
+            format!(
+                "{} calls from {from}{}",
+                s.calls,
+                s.excluded
+                    .as_deref()
+                    .map(|r| format!(" [not counted: {r}]"))
+                    .unwrap_or_default()
             )
         })
         .collect()
@@ -352,11 +378,11 @@ pub(crate) fn on_throughout(
         .then_some(a)
 }
 
-/// The evidence line for a timer-driven API: "N calls<what> from user code in D s
+/// The evidence line for a timer-driven API: "N calls<what> in D s
 /// (one every P s)".
-pub(crate) fn periodic_line(u: &UserCalls, c: &Collected, what: &str) -> String {
+pub(crate) fn periodic_line(u: &CountedCalls, c: &Collected, what: &str) -> String {
     format!(
-        "{} calls{what} from user code in {:.1} s (one every {:.2} s)",
+        "{} calls{what} in {:.1} s (one every {:.2} s)",
         u.calls,
         c.duration_s,
         c.duration_s / u.calls as f64

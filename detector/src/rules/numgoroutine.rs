@@ -3,8 +3,8 @@
 //! place it was inlined into user code (the pclntab's inline tree) and puts a probe on
 //! the first instruction of the inlined body there.
 use super::{
-    active_fraction, cpu_severity, fmt_pct, shared, site_lines, user_calls, Finding, Param, Rule,
-    Thresholds,
+    active_fraction, counted_calls, cpu_severity, fmt_pct, shared, site_lines, Finding, Param,
+    Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::Collected;
@@ -14,7 +14,7 @@ pub const NUMGOROUTINE_PER_SECOND: Param = Param {
     default: 1000.0,
     whole: false,
     doc:
-        "executions per second of an inlined runtime.NumGoroutine in user code that make a finding",
+        "executions per second of an inlined runtime.NumGoroutine outside the runtime that make a finding",
 };
 
 pub const RULE: Rule = Rule {
@@ -33,11 +33,11 @@ pub const RULE: Rule = Rule {
 const NS_PER_CALL: f64 = 200.0;
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(u) = user_calls(c, Api::NumGoroutine, |_| true) else {
+    let Some(u) = counted_calls(c, Api::NumGoroutine, |_| true) else {
         return vec![];
     };
     if u.per_second < t.get(&NUMGOROUTINE_PER_SECOND)
-        || active_fraction(&u.stats.user_per_tick) < t.get(&shared::SUSTAINED_FRACTION)
+        || active_fraction(&u.stats.counted_per_tick) < t.get(&shared::SUSTAINED_FRACTION)
     {
         return vec![];
     }
@@ -59,6 +59,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             fmt_pct(core)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "every read touches scheduler counters that every P writes; polled in a loop (usually with Gosched) it burns CPU and bounces cache lines between cores".into(),
         fix: "bound concurrency with a buffered channel used as a semaphore (or errgroup.SetLimit) instead of polling the global goroutine count".into(),

@@ -3,8 +3,8 @@
 //! Every call stops the world (reason "read mem stats"). Once per scrape interval is
 //! harmless; per request or in a loop, the pauses land in every request's latency.
 use super::{
-    active_fraction, fmt_pct, pause_line, shared, site_lines, stopping_line, Finding, Param, Rule,
-    Severity, Thresholds,
+    active_fraction, fmt_pct, from_text, pause_line, shared, site_lines, stopping_line, Finding,
+    Param, Rule, Severity, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{stw::READ_MEM_STATS, Collected};
@@ -13,7 +13,7 @@ pub const READMEMSTATS_PER_SECOND: Param = Param {
     key: "readmemstats_per_second",
     default: 5.0,
     whole: false,
-    doc: "ReadMemStats calls per second from user code that make a finding",
+    doc: "ReadMemStats calls per second that make a finding",
 };
 
 pub const RULE: Rule = Rule {
@@ -32,18 +32,18 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let Some(calls) = c.calls_of(Api::ReadMemStats) else {
         return vec![];
     };
-    let user_calls: u64 = calls
+    let counted_calls: u64 = calls
         .sites
         .iter()
-        .filter(|s| s.user_code)
+        .filter(|s| s.counted)
         .map(|s| s.calls)
         .sum();
-    let rate = user_calls as f64 / c.duration_s;
-    let sustained = active_fraction(&calls.user_per_tick);
+    let rate = counted_calls as f64 / c.duration_s;
+    let sustained = active_fraction(&calls.counted_per_tick);
     if rate < t.get(&READMEMSTATS_PER_SECOND) || sustained < t.get(&shared::SUSTAINED_FRACTION) {
         return vec![];
     }
-    let site = calls.sites.iter().find(|s| s.user_code).cloned();
+    let site = calls.sites.iter().find(|s| s.counted).cloned();
     let pause = c
         .pauses
         .iter()
@@ -58,12 +58,9 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     } else {
         Severity::Low
     };
-    let from = site
-        .as_ref()
-        .map(|s| format!(" from {}", s.function))
-        .unwrap_or_default();
+    let from = site.as_ref().map(from_text).unwrap_or_default();
     let mut evidence = vec![format!(
-        "{user_calls} calls from user code in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
+        "{counted_calls} calls in {:.1} s ({rate:.1}/s), seen in {:.0}% of the 1 s ticks",
         c.duration_s,
         sustained * 100.0
     )];
@@ -83,6 +80,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             fmt_pct(stw_share),
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "each call pauses every goroutine while the runtime gathers heap statistics; the pause grows with GOMAXPROCS and the heap and is added to the latency of every request in flight".into(),
         fix: "read the values you need from runtime/metrics (no stop-the-world), at most once per scrape interval from one background goroutine, and hand requests that cached snapshot".into(),

@@ -2,8 +2,8 @@
 //! runtime stops the world and formats every goroutine's stack; with all=false it
 //! only walks the caller's stack and is cheap, so only all=true calls count.
 use super::{
-    fmt_ns, fmt_pct, pause_line, pauses_with, periodic_line, shared, site_lines, stopping_line,
-    stw_severity, user_calls, Finding, Rule, Thresholds,
+    counted_calls, fmt_ns, fmt_pct, from_text, pause_line, pauses_with, periodic_line, shared,
+    site_lines, stopping_line, stw_severity, Finding, Rule, Thresholds,
 };
 use crate::apis::Api;
 use crate::collect::{stw::STACK_TRACE, Collected};
@@ -12,7 +12,7 @@ pub const RULE: Rule = Rule {
     id: "stack-all-polling",
     catalog_case: Some(6),
     title: "runtime.Stack(buf, true) polled",
-    observes: "calls to runtime.Stack with all=true from user code, and the pauses with reason \"all goroutines stack trace\"",
+    observes: "calls to runtime.Stack with all=true, and the pauses with reason \"all goroutines stack trace\"",
     params: &[&shared::PERIODIC_MIN_CALLS],
     needs: &[Api::Stack],
     judge,
@@ -20,7 +20,7 @@ pub const RULE: Rule = Rule {
 };
 
 fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
-    let Some(u) = user_calls(c, Api::Stack, |all| all != 0) else {
+    let Some(u) = counted_calls(c, Api::Stack, |all| all != 0) else {
         return vec![];
     };
     if u.calls < t.count(&shared::PERIODIC_MIN_CALLS) {
@@ -49,12 +49,13 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         summary: format!(
             "runtime.Stack(all=true) {:.1}/s{} stops the world for {} per call (p99): {} of wall time, {} of this process's stop-the-world time",
             u.per_second,
-            site.as_ref().map(|s| format!(" from {}", s.function)).unwrap_or_default(),
+            site.as_ref().map(from_text).unwrap_or_default(),
             fmt_ns(p99),
             fmt_pct(wall),
             fmt_pct(stw_share)
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "each call stops the world and formats every goroutine's stack; the pause grows with the number of goroutines (hundreds of ms at 50k)".into(),
         fix: "watch the goroutine count (runtime.NumGoroutine or /sched/goroutines:goroutines) and dump all stacks only when it crosses a threshold, or on demand via /debug/pprof/goroutine".into(),

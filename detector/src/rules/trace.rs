@@ -3,7 +3,7 @@
 //! startup is seen without its Start call. On-demand windows (/debug/pprof/trace)
 //! last seconds; tracing through a whole window longer than `trace_max_window_s`
 //! with no stop is "always on".
-use super::{on_throughout, user_calls, Finding, Param, Rule, Severity, Thresholds};
+use super::{counted_calls, on_throughout, Finding, Param, Rule, Severity, Thresholds};
 use crate::apis::Api;
 use crate::collect::Collected;
 
@@ -31,7 +31,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     else {
         return vec![];
     };
-    let start = user_calls(c, Api::TraceStart, |_| true);
+    let start = counted_calls(c, Api::TraceStart, |_| true);
     let site = start.as_ref().and_then(|s| s.sites.first().cloned());
     let mut evidence = vec![format!(
         "the tracer's reader ran in every one of the {} seconds watched ({} reads), and trace.Stop was never called",
@@ -58,6 +58,7 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             c.duration_s
         ),
         call_site: site,
+        culprit: None,
         evidence,
         cost: "tracing records every scheduler event into per-P buffers that are flushed and written continuously: up to ~30% throughput and hundreds of MB/s of trace data on busy services".into(),
         fix: "stop the always-on trace; take 5-10 s traces on demand through net/http/pprof's /debug/pprof/trace?seconds=5 on an authenticated admin port".into(),

@@ -48,7 +48,8 @@ pub struct ProcExport {
     pub calls: BTreeMap<String, u64>,
     /// Cumulative pauses by reason slug.
     pub pauses: BTreeMap<String, StwStats>,
-    pub findings: Vec<(String, Severity)>,
+    /// (rule, severity, culprit function or "").
+    pub findings: Vec<(String, Severity, String)>,
     /// Shared with the previous ticks' exports until the process is judged again.
     pub diagnosis: Arc<Diagnosis>,
 }
@@ -109,8 +110,9 @@ struct Watched {
     judged: Option<Judgement>,
 }
 
-/// A process's findings (rule, severity) and its report, as last judged.
-type Judgement = (Vec<(String, Severity)>, Arc<Diagnosis>);
+/// A process's findings (rule, severity, culprit function) and its report, as last
+/// judged.
+type Judgement = (Vec<(String, Severity, String)>, Arc<Diagnosis>);
 
 /// How often the duty cycles look for probes that turned hot between ticks.
 const LOOK: Duration = Duration::from_millis(250);
@@ -177,7 +179,10 @@ impl Agent {
                 let findings = d
                     .findings
                     .iter()
-                    .map(|f| (f.rule.to_string(), f.severity))
+                    .map(|f| {
+                        let culprit = f.culprit.as_ref().map(|c| c.function.clone());
+                        (f.rule.to_string(), f.severity, culprit.unwrap_or_default())
+                    })
                     .collect();
                 w.judged = Some((findings, Arc::new(d)));
             }

@@ -130,15 +130,16 @@ impl Collector for StateCollector {
 
         let mut m = enc.encode_descriptor(
             "detector_finding_active",
-            "A rule's finding on a process (value 1 while it holds over the rolling window)",
+            "A rule's finding on a process (value 1 while it holds over the rolling window), with the function to change (culprit; never a whole stack)",
             None,
             MetricType::Gauge,
         )?;
         for p in procs {
-            for (rule, sev) in &p.findings {
+            for (rule, sev, culprit) in &p.findings {
                 let mut l = pid(p.pid);
                 l.push(("rule", rule.clone()));
                 l.push(("severity", sev.label().to_ascii_lowercase()));
+                l.push(("culprit", culprit.clone()));
                 ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
             }
         }
@@ -256,14 +257,10 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
         )?;
-        const KINDS: [&str; 5] = [
-            "call_map_full",
-            "stw_map_full",
-            "stw_end_without_start",
-            "read_caller_failed",
-            "forced_gc_map_full",
-        ];
-        for (kind, n) in KINDS.iter().zip(s.kernel_errors.iter()) {
+        for (kind, n) in detector_common::errors::NAMES
+            .iter()
+            .zip(s.kernel_errors.iter())
+        {
             let l: Labels = vec![("kind", kind.to_string())];
             ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
         }

@@ -86,12 +86,15 @@ pub fn judge_path(
     truncated: bool,
     probed: &[(&str, Api)],
 ) -> (Option<Culprit>, Option<Exclusion>) {
-    // The API's own frames (an inlined wrapper at the call site) are not callers.
-    let frames: Vec<&Frame> = frames
+    // The API's own frames are not callers: an exported wrapper inlined at the call
+    // site, or, for a probe on an inlined body, the API and what was inlined into it
+    // (Go 1.26 inlines runtime.gcount into NumGoroutine): everything up to the
+    // outermost API frame.
+    let own = frames
         .iter()
-        .copied()
-        .skip_while(|f| is_api_frame(api, symbol, f))
-        .collect();
+        .rposition(|f| is_api_frame(api, symbol, f))
+        .map_or(0, |i| i + 1);
+    let frames = &frames[own..];
     let Some(first) = frames.first() else {
         return (None, None);
     };
@@ -133,7 +136,7 @@ pub fn judge_path(
                 truncated,
             })
         }
-        None => std_entry(&frames).map(|(i, driven_by)| {
+        None => std_entry(frames).map(|(i, driven_by)| {
             let f = frames[i];
             Culprit {
                 function: f.function.clone(),
@@ -293,5 +296,18 @@ mod tests {
             ],
         );
         assert_eq!(ex, Some(Exclusion::Runtime));
+        // A probe on an inlined body sits inside the API and what it inlines.
+        let (c, ex) = judge(
+            Api::NumGoroutine,
+            "",
+            &[
+                frame("runtime.gcount", Runtime),
+                frame("runtime.NumGoroutine", Runtime),
+                frame("main.dispatch", Main),
+            ],
+        );
+        let c = c.unwrap();
+        assert_eq!((c.function.as_str(), ex), ("main.dispatch", None));
+        assert_eq!(c.path, ["main.dispatch", "runtime.NumGoroutine"]);
     }
 }

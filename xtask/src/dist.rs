@@ -58,7 +58,17 @@ pub fn run() -> Result<PathBuf> {
     setup::rust_src()?;
     let bpf_linker = setup::bpf_linker()?;
     musl_target()?;
-    umoci()?;
+    // musl-gcc: crates with C code (ring, for TLS) compile it against musl's headers.
+    debian_package(
+        "musl-tools",
+        "C compiler for musl",
+        &["musl-gcc", "--version"],
+    )?;
+    debian_package(
+        "umoci",
+        "OCI images without a daemon",
+        &["umoci", "--version"],
+    )?;
     let dist = dir();
     let work = work_dir();
     for d in [&dist, &work] {
@@ -101,26 +111,26 @@ fn musl_target() -> Result<()> {
     Ok(())
 }
 
-/// Debian's umoci, which builds OCI images without a daemon.
-fn umoci() -> Result<()> {
-    let found = Command::new("umoci")
-        .arg("--version")
+/// A Debian package, installed unless `probe` runs and succeeds.
+fn debian_package(package: &str, what: &str, probe: &[&str]) -> Result<()> {
+    let found = Command::new(probe[0])
+        .args(&probe[1..])
         .output()
         .is_ok_and(|o| o.status.success());
     if found {
         return Ok(());
     }
-    eprintln!("setup: installing Debian's umoci (OCI images without a daemon)");
+    eprintln!("setup: installing Debian's {package} ({what})");
     let install = || {
         run_cmd(
             Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", "umoci"])
+                .args(["install", "-y", "-q", "--no-install-recommends", package])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
     if install().is_err() {
         run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-        install().context("installing umoci needs root (apt-get)")?;
+        install().with_context(|| format!("installing {package} needs root (apt-get)"))?;
     }
     Ok(())
 }
@@ -170,6 +180,7 @@ fn build_binary(bpf_linker: &Path, dist: &Path) -> Result<PathBuf> {
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace_root())
             .env("PATH", tools.path_env())
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
             .args(["build", "--release", "--locked", "--package", "detector"])
             .args(["--target", TARGET]),
     )?;

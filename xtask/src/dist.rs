@@ -69,6 +69,11 @@ pub fn run() -> Result<PathBuf> {
         "OCI images without a daemon",
         &["umoci", "--version"],
     )?;
+    debian_package(
+        "file",
+        "to check that the binary is static",
+        &["file", "--version"],
+    )?;
     let dist = dir();
     let work = work_dir();
     for d in [&dist, &work] {

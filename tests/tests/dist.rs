@@ -79,8 +79,8 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A scratch directory, removed (with anything mounted under it unmounted first) when
-/// dropped.
+/// A scratch directory, removed when dropped, unless something is mounted under it
+/// (then it is left, rather than deleting through the mount).
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -94,6 +94,15 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.0.to_string_lossy().into_owned();
+        if mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+        {
+            eprintln!("{}: still has mounts, left in place", self.0.display());
+            return;
+        }
         let _ = fs::remove_dir_all(&self.0);
     }
 }

@@ -295,6 +295,9 @@ fn deb_installs_and_removes_cleanly() {
             && unit.contains("EnvironmentFile=-/etc/default/detector-watch"),
         "{unit}"
     );
+    // systemd accepts the unit as installed (directives, the ExecStart binary).
+    ok(Command::new("systemd-analyze")
+        .args(["verify", "/usr/lib/systemd/system/detector-watch.service"]));
     // The default config is what the unit passes, and detector accepts it: as shipped
     // (all commented out) and with every threshold uncommented, both at the defaults.
     let default = fs::read_to_string("/etc/default/detector-watch").unwrap();

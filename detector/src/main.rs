@@ -4,6 +4,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use detector::cmd::{self, parse_duration, Format};
 
+mod generate;
+
 const AFTER_HELP: &str = "\
 Exit codes:
   0  no findings            1  findings (diagnose)      2  bad command line
@@ -123,6 +125,11 @@ fn main() -> ExitCode {
     // The probe guardian detector starts for itself (not a user command, not in --help).
     if std::env::args().nth(1).as_deref() == Some(detector::probes::guardian::SUBCOMMAND) {
         return detector::probes::guardian::serve().into();
+    }
+    // Man pages and shell completions from this file's clap definition (for packaging).
+    if std::env::args().nth(1).as_deref() == Some(generate::SUBCOMMAND) {
+        let dir = std::env::args_os().nth(2).map(PathBuf::from);
+        return generate::run(<Cli as clap::CommandFactory>::command(), dir.as_deref());
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | fixtures | test | demo | accuracy | golden | bench |
-//! soak | fuzz`.
+//! Project tasks: `cargo xtask setup | fixtures | dist | test | demo | accuracy | golden |
+//! bench | soak | fuzz`.
 //!
 //! Every task installs what it needs and skips what is already there, so that the
 //! README's two commands work on a fresh machine and cost little on a warm one.
 mod bench;
+mod dist;
 mod fixtures;
 mod fuzz;
 mod setup;
@@ -33,6 +34,9 @@ enum Cmd {
         #[arg(long = "go", value_delimiter = ',')]
         go: Vec<String>,
     },
+    /// Build the release artifacts in target/dist/: the static binary, the .deb, the
+    /// OCI image archive and SHA256SUMS.
+    Dist,
     /// Set up, build fixtures, then run clippy, fmt and every test.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
@@ -135,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
             let tools = setup::all()?;
             fixtures::build_all(&tools, &go)
         }
+        Cmd::Dist => dist::run().map(|_| ()),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration } => demo(&duration),
         Cmd::Bench => bench::run(),
@@ -202,6 +207,8 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("xtask: building detector");
     run_cmd(cargo(&tools).args(["build", "--package", "detector"]))?;
     let bin = root.join("target/debug/detector");
+    eprintln!("xtask: cargo xtask dist (tests/tests/dist.rs checks the artifacts)");
+    let dist = dist::run()?;
     eprintln!("xtask: cargo test");
     let mut child = cargo(&tools)
         .args(["test", "--no-fail-fast"])
@@ -209,6 +216,7 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("DETECTOR_BIN", &bin)
         .env("DETECTOR_FIXTURES", fixtures::root())
+        .env("DETECTOR_DIST", &dist)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("could not start cargo test")?;

@@ -132,7 +132,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn rust_src() -> Result<()> {
+pub fn rust_src() -> Result<()> {
     if output(Command::new("rustc").args(["+nightly", "--version"])).is_err() {
         eprintln!("setup: installing the nightly toolchain (the eBPF crate needs -Z build-std)");
         run_cmd(Command::new("rustup").args([
@@ -165,7 +165,7 @@ fn rust_src() -> Result<()> {
 
 /// bpf-linker built against the nightly's libLLVM, in `cache/bpf-linker`.
 /// Returns the directory holding the binary.
-fn bpf_linker() -> Result<PathBuf> {
+pub fn bpf_linker() -> Result<PathBuf> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let libdir = Path::new(sysroot.trim()).join("lib");
     let llvm = fs::read_dir(&libdir)

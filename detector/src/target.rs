@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     exit::{Code, Failure},
-    gobin::{AnalysisError, GoBinary},
+    gobin::{trace_multiplexer, AnalysisError, GoBinary},
 };
 
 #[derive(thiserror::Error, Debug)]
@@ -45,6 +45,8 @@ pub struct Target {
     pub load_bias: u64,
     /// File virtual address of `runtime.prof.hz` (the CPU profiling rate in effect).
     pub cpu_profile_hz_addr: Option<u64>,
+    /// File virtual address of `runtime/trace.tracing` (programs with a flight recorder).
+    pub trace_multiplexer_addr: Option<u64>,
     /// Call sites already symbolised, by return address (`watch` summarises every
     /// process on every tick).
     sites: Mutex<HashMap<u64, CallSiteName>>,
@@ -91,6 +93,7 @@ impl Target {
             exe_display,
             exe_path,
             cpu_profile_hz_addr: binary.cpu_profile_hz_addr(),
+            trace_multiplexer_addr: binary.trace_multiplexer_addr(),
             binary,
             load_bias,
             sites: Mutex::new(HashMap::new()),
@@ -135,6 +138,13 @@ impl Target {
     pub fn cpu_profile_hz(&self) -> Option<i32> {
         let b = self.read_memory(self.cpu_profile_hz_addr?, 4)?;
         Some(i32::from_le_bytes(b.try_into().ok()?))
+    }
+
+    /// Who the execution tracer runs for right now (`trace.Start`, a flight recorder),
+    /// read from the process's memory; None without a flight recorder in the binary.
+    pub fn trace_subscribers(&self) -> Option<trace_multiplexer::Subscribers> {
+        let b = self.read_memory(self.trace_multiplexer_addr?, trace_multiplexer::SIZE)?;
+        trace_multiplexer::parse(&b)
     }
 
     pub fn alive(&self) -> bool {

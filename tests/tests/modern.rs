@@ -5,13 +5,15 @@
 //!   runtime/trace.FlightRecorder on for the whole life of the process raises
 //!   nothing, although the tracer's reader runs in every second watched (what
 //!   trace-always-on looks for); detector reads that the tracer runs for a flight
-//!   recorder and no trace.Start writer. Default and stripped builds (the multiplexer's
-//!   address is found in code, not in `.symtab`).
+//!   recorder and no trace.Start writer. Every build kind on the newest release (the
+//!   multiplexer's address is found in code, not in `.symtab`, and read at the PIE
+//!   load bias).
 //! - `-case addcleanup` (Go 1.24+, case_addcleanup.go): runtime.AddCleanup on every
 //!   request raises nothing, and no SetFinalizer call comes from the fixture's code.
 //! - On older releases the build constraints leave those cases out of the fixture.
 //! - The trace and finalizer-cleanup misuse findings name trace.FlightRecorder and
-//!   runtime.AddCleanup in their fix exactly from Go 1.25 and 1.24.
+//!   runtime.AddCleanup in their fix exactly from Go 1.25 and 1.24 (on releases
+//!   around those boundaries; the golden unit tests cover every release).
 use std::path::Path;
 use std::process::Command;
 
@@ -73,13 +75,22 @@ fn fixture_has_case(minor: u32, case: &str) -> bool {
     usage.contains(&format!(" {case},")) || usage.contains(&format!(" {case}\n"))
 }
 
+/// The newest Go minor the fixtures cover.
+const NEWEST: u32 = detector_tests::MINORS[detector_tests::MINORS.len() - 1];
+
 fn check(minor: u32) {
     require_bpf_privileges();
 
     // A flight recorder left on (1.25+).
     assert_eq!(fixture_has_case(minor, "flightrecorder"), minor >= 25);
     if minor >= 25 {
-        for kind in ["default", "stripped"] {
+        // Every build kind on the newest release, the default build on the others.
+        let kinds: &[&'static str] = if minor == NEWEST {
+            &detector_tests::KINDS
+        } else {
+            &["default"]
+        };
+        for &kind in kinds {
             let (fired, json) = diagnose(minor, "flightrecorder", kind);
             assert!(
                 fired.is_empty(),
@@ -127,7 +138,12 @@ fn check(minor: u32) {
         }
     }
 
-    // The misuse findings' fix texts follow the version.
+    // The misuse findings' fix texts follow the version (the oldest release, both
+    // sides of each feature's first release and the newest; the golden unit tests
+    // check the texts on every release).
+    if ![19, 23, 24, 25, NEWEST].contains(&minor) {
+        return;
+    }
     for (case, rule, text, since) in [
         ("trace", "trace-always-on", "FlightRecorder", 25),
         (
@@ -150,3 +166,36 @@ fn check(minor: u32) {
 }
 
 detector_tests::per_go_release!(check);
+
+/// `runtime/trace.tracing`, found in `(*FlightRecorder).Start`'s code, is where `go
+/// tool nm` puts it on every Go release and build kind that has a flight recorder
+/// (stripped builds: found), and absent before Go 1.25. (It is data or BSS, by
+/// release and build.)
+#[test]
+fn the_trace_multiplexer_is_found_in_code() {
+    for (v, name, dir) in detector_tests::versions("cases") {
+        for kind in detector_tests::KINDS {
+            let what = format!("{name}/{kind}");
+            let bin = detector::gobin::GoBinary::open(&dir.join(kind).join("cases"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let found = bin.trace_multiplexer_addr();
+            if !v.at_least(1, 25) {
+                assert_eq!(found, None, "{what}");
+                continue;
+            }
+            if kind == "stripped" {
+                assert!(found.is_some(), "{what}");
+                continue;
+            }
+            let nm = std::fs::read_to_string(dir.join(kind).join("cases.nm"))
+                .unwrap_or_else(|e| panic!("{what}: cases.nm: {e}"));
+            let want = nm.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+                (f.nth(1)? == "runtime/trace.tracing").then_some(addr)
+            });
+            assert!(want.is_some(), "{what}: no runtime/trace.tracing in nm");
+            assert_eq!(found, want, "{what}");
+        }
+    }
+}

@@ -56,6 +56,16 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
             "tracing was started before detector attached (no trace.Start in the window)".into(),
         );
     }
+    if let Some(s) = c.trace_subscribers.filter(|s| s.trace_start) {
+        evidence.push(format!(
+            "runtime/trace's multiplexer runs the tracer for a trace.Start writer{}",
+            if s.flight_recorder {
+                " and a flight recorder (the recorder alone would be fine)"
+            } else {
+                ""
+            }
+        ));
+    }
     if let Some(cpu) = c.cpu_seconds {
         evidence.push(format!(
             "the process used {:.2} cores meanwhile",

@@ -129,7 +129,9 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
 /// The fix and "fine when" texts: with `add_cleanup` (Go 1.24+, runtime/mcleanup.go;
 /// runtime/mfinal.go's SetFinalizer doc then says "New Go code should consider using
 /// AddCleanup instead") the safety net is a cleanup, which gets the resource rather
-/// than the object, so the object is freed in the cycle that finds it unreachable.
+/// than the object, so the object is freed in the cycle that finds it unreachable
+/// (runtime/mgcsweep.go: an unmarked object with a finalizer special is marked again,
+/// "revived"; with only a cleanup special it "is truly dead").
 fn fix_texts(cleanup: bool, add_cleanup: bool) -> (&'static str, &'static str) {
     match (cleanup, add_cleanup) {
         (true, false) => (
@@ -137,7 +139,7 @@ fn fix_texts(cleanup: bool, add_cleanup: bool) -> (&'static str, &'static str) {
             "cgo handles whose lifetime cannot be expressed with Close (and even then an explicit Close is preferred)",
         ),
         (true, true) => (
-            "make Close part of the API and `defer x.Close()` at the call site; if you want a safety net, use runtime.AddCleanup (Go 1.24+) instead of SetFinalizer, passing it the resource rather than the object (the object is then freed in the cycle that finds it unreachable, and cleanups run concurrently), cancel it in Close with Cleanup.Stop, and let it only log that Close was forgotten",
+            "make Close part of the API and `defer x.Close()` at the call site; if you want a safety net, use runtime.AddCleanup (Go 1.24+) instead of SetFinalizer, passing it the resource rather than the object (the object is then freed in the cycle that finds it unreachable, and cleanups may run concurrently), cancel it in Close with Cleanup.Stop, and let it only log that Close was forgotten",
             "nothing with SetFinalizer on Go 1.24+: a resource whose lifetime cannot be expressed with Close (cgo handles) gets runtime.AddCleanup, which is not flagged",
         ),
         (false, false) => (

@@ -32,6 +32,7 @@ mod pclntab;
 pub mod prologue;
 pub mod version;
 
+pub use globals::trace_multiplexer;
 pub use inline::{InlinedCall, SourceFrame};
 pub use limits::{Limit, MAX_FUNCTION_SIZE};
 pub use pclntab::{MAGIC_GO118, MAGIC_GO120};

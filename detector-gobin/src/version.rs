@@ -1,7 +1,9 @@
 //! Go release versions as read from `.go.buildinfo` ("go1.21.13", "go1.27rc1", "devel ...").
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct GoVersion {
     pub major: u32,
     pub minor: u32,

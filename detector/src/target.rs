@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     exit::{Code, Failure},
-    gobin::{owner::Owner, AnalysisError, GoBinary},
+    gobin::{owner::Owner, trace_multiplexer, AnalysisError, GoBinary},
 };
 
 #[derive(thiserror::Error, Debug)]
@@ -47,6 +47,8 @@ pub struct Target {
     pub load_bias: u64,
     /// File virtual address of `runtime.prof.hz` (the CPU profiling rate in effect).
     pub cpu_profile_hz_addr: Option<u64>,
+    /// File virtual address of `runtime/trace.tracing` (programs with a flight recorder).
+    pub trace_multiplexer_addr: Option<u64>,
     /// Return addresses already symbolised (`watch` summarises every process on
     /// every tick, and most stacks share most frames).
     frames: Mutex<HashMap<u64, Arc<[Frame]>>>,
@@ -106,6 +108,7 @@ impl Target {
             exe_display,
             exe_path,
             cpu_profile_hz_addr: binary.cpu_profile_hz_addr(),
+            trace_multiplexer_addr: binary.trace_multiplexer_addr(),
             binary,
             load_bias,
             frames: Mutex::new(HashMap::new()),
@@ -178,6 +181,13 @@ impl Target {
     pub fn cpu_profile_hz(&self) -> Option<i32> {
         let b = self.read_memory(self.cpu_profile_hz_addr?, 4)?;
         Some(i32::from_le_bytes(b.try_into().ok()?))
+    }
+
+    /// Who the execution tracer runs for right now (`trace.Start`, a flight recorder),
+    /// read from the process's memory; None without a flight recorder in the binary.
+    pub fn trace_subscribers(&self) -> Option<trace_multiplexer::Subscribers> {
+        let b = self.read_memory(self.trace_multiplexer_addr?, trace_multiplexer::SIZE)?;
+        trace_multiplexer::parse(&b)
     }
 
     pub fn alive(&self) -> bool {

@@ -11,17 +11,18 @@ use std::{
 
 /// The top-level modules of `detector/src`, lowest first.
 const LAYERS: &[&str] = &[
-    "exit",    // exit codes: a leaf
-    "gobin",   // the Go binary parser (the detector-gobin crate, re-exported)
-    "apis",    // the table of probed APIs
-    "target",  // the process and its binary
-    "probes",  // plan, attach, duty cycle
-    "collect", // kernel maps into facts
-    "rules",   // facts into findings
-    "report",  // findings and facts into text and JSON
-    "session", // the loop that ticks probes into samples
-    "watch",   // the daemon and its exports
-    "cmd",     // the subcommands
+    "exit",     // exit codes: a leaf
+    "gobin",    // the Go binary parser (the detector-gobin crate, re-exported)
+    "apis",     // the table of probed APIs
+    "target",   // the process and its binary
+    "probes",   // plan, attach, duty cycle
+    "collect",  // kernel maps into facts
+    "rules",    // facts into findings
+    "report",   // findings and facts into text and JSON
+    "session",  // the loop that ticks probes into samples
+    "watch",    // the daemon and its exports
+    "cmd",      // the subcommands
+    "generate", // man pages and completions from the subcommands' definitions
 ];
 
 /// The top-level modules named after `crate::` in `text`, including every name of a

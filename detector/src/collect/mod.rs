@@ -19,7 +19,7 @@ use detector_common::ArgMode;
 
 use crate::{
     apis::Api,
-    gobin::owner::Owner,
+    gobin::{owner::Owner, trace_multiplexer, GoVersion},
     probes::{attach::Snapshot, plan::Plan},
     target::{CallSiteName, Frame, Target},
 };
@@ -212,6 +212,13 @@ pub struct Collected {
     /// `runtime.prof.hz`), and in how many ticks profiling was on.
     pub cpu_profile_hz_max: Option<i32>,
     pub cpu_profile_on_ticks: usize,
+    /// The target's Go release, read from its binary (fix texts depend on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_version: Option<GoVersion>,
+    /// Who the execution tracer ran for at the window's end (Go 1.25+ programs with a
+    /// flight recorder), read from the process's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_subscribers: Option<trace_multiplexer::Subscribers>,
 }
 
 impl Collected {
@@ -609,6 +616,8 @@ pub fn summarize(
             .iter()
             .filter(|s| s.cpu_profile_hz.is_some_and(|hz| hz > 0))
             .count(),
+        go_version: target.binary.info().go_version,
+        trace_subscribers: target.trace_subscribers(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! call unwinds the stack and symbolises a PC through the pclntab (about 1-2 µs).
 //! The standard library's own callers (log with Lshortfile, testing) are not the
 //! user's code and are ignored.
+use super::features::{self, Feature};
 use super::{
     active_fraction, counted_calls, cpu_severity, fmt_pct, from_text, shared, site_lines, Finding,
     Param, Rule, Thresholds,
@@ -75,7 +76,17 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         culprit: None,
         evidence,
         cost: "each call unwinds the stack and decodes the PC-to-line tables (about 1-2 µs and an allocation), on every log line".into(),
-        fix: "use a constant (or once-computed) file name for ordinary log lines and call runtime.Caller only on the error path; with log/slog enable AddSource only for the error sink".into(),
+        fix: fix_text(features::has(c, Feature::Slog)).into(),
         fine_when: "error paths, test helpers that report the failing line, debug builds".into(),
     }]
+}
+
+/// log/slog (Go 1.21+: log/slog/handler.go's HandlerOptions.AddSource) only where
+/// the target's Go has it.
+fn fix_text(slog: bool) -> &'static str {
+    if slog {
+        "use a constant (or once-computed) file name for ordinary log lines and call runtime.Caller only on the error path; with log/slog enable AddSource only for the error sink"
+    } else {
+        "use a constant (or once-computed) file name for ordinary log lines and call runtime.Caller (or the log package's Lshortfile/Llongfile) only on the error path"
+    }
 }

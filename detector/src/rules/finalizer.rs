@@ -5,6 +5,7 @@
 //! argument) and user space checks whether that function calls a Close method.
 //! SetFinalizer calls from the standard library (os closes files this way) and calls
 //! that clear a finalizer (nil) are ignored.
+use super::features::{self, Feature};
 use super::{
     active_fraction, cpu_severity, fmt_pct, from_text, shared, site_lines, Finding, Param, Rule,
     Thresholds,
@@ -97,21 +98,18 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
     )];
     evidence.extend(site_lines(stats, 4));
     let rule = if cleanup { &CLEANUP_RULE } else { &LEAK_RULE };
-    let (what, cost, fix, fine) = if cleanup {
+    let (what, cost) = if cleanup {
         (
             "closes a resource",
             "the resource stays open until a GC finds the object and the single finalizer goroutine gets to it (or never, at exit): descriptors pile up, each object survives an extra GC cycle",
-            "make Close part of the API and `defer x.Close()` at the call site; if you want a safety net, let the finalizer only log that Close was forgotten",
-            "cgo handles whose lifetime cannot be expressed with Close (and even then an explicit Close is preferred)",
         )
     } else {
         (
             "only counts or logs",
             "every object with a finalizer survives an extra GC cycle (more heap), finalizers run serially on one goroutine, and the count arrives only after the object is already gone",
-            "count opens and closes with atomic counters and an explicit Close, and find leaks with heap profile diffs (go tool pprof -base old.heap new.heap)",
-            "one-off debugging of whether a specific object is collected, in debug builds",
         )
     };
+    let (fix, fine) = fix_texts(cleanup, features::has(c, Feature::AddCleanup));
     vec![Finding {
         rule: rule.id,
         severity: cpu_severity(core),
@@ -128,4 +126,55 @@ fn judge(c: &Collected, t: &Thresholds, cleanup: bool) -> Vec<Finding> {
         fix: fix.into(),
         fine_when: fine.into(),
     }]
+}
+
+/// The fix and "fine when" texts: with `add_cleanup` (Go 1.24+, runtime/mcleanup.go;
+/// runtime/mfinal.go's SetFinalizer doc then says "New Go code should consider using
+/// AddCleanup instead") the safety net is a cleanup, which gets the resource rather
+/// than the object, so the object is freed in the cycle that finds it unreachable
+/// (runtime/mgcsweep.go: an unmarked object with a finalizer special is marked again,
+/// "revived"; with only a cleanup special it "is truly dead").
+fn fix_texts(cleanup: bool, add_cleanup: bool) -> (&'static str, &'static str) {
+    match (cleanup, add_cleanup) {
+        (true, false) => (
+            "make Close part of the API and `defer x.Close()` at the call site; if you want a safety net, let the finalizer only log that Close was forgotten",
+            "cgo handles whose lifetime cannot be expressed with Close (and even then an explicit Close is preferred)",
+        ),
+        (true, true) => (
+            "make Close part of the API and `defer x.Close()` at the call site; if you want a safety net, use runtime.AddCleanup (Go 1.24+) instead of SetFinalizer, passing it the resource rather than the object (the object is then freed in the cycle that finds it unreachable, and cleanups may run concurrently), cancel it in Close with Cleanup.Stop, and let it only log that Close was forgotten",
+            "nothing with SetFinalizer on Go 1.24+: a resource whose lifetime cannot be expressed with Close (cgo handles) gets runtime.AddCleanup, which is not flagged",
+        ),
+        (false, false) => (
+            "count opens and closes with atomic counters and an explicit Close, and find leaks with heap profile diffs (go tool pprof -base old.heap new.heap)",
+            "one-off debugging of whether a specific object is collected, in debug builds",
+        ),
+        (false, true) => (
+            "count opens and closes with atomic counters and an explicit Close, and find leaks with heap profile diffs (go tool pprof -base old.heap new.heap); if a forgotten Close must be reported, use runtime.AddCleanup (Go 1.24+) with the object's id as the argument, cancelled by Close with Cleanup.Stop: no extra GC cycle of retention, and it is not flagged",
+            "one-off debugging of whether a specific object is collected, in debug builds (runtime.AddCleanup does the same without keeping the object for another cycle)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gobin::GoVersion;
+
+    #[test]
+    fn fix_recommends_add_cleanup_from_go_1_24_only() {
+        for (v, modern) in [
+            ("go1.19.8", false),
+            ("go1.23.9", false),
+            ("go1.24.0", true),
+            ("go1.27.3", true),
+        ] {
+            let v = GoVersion::parse(v).unwrap();
+            assert_eq!(Feature::AddCleanup.in_version(v), modern, "{v}");
+            for cleanup in [true, false] {
+                let (fix, fine) = fix_texts(cleanup, Feature::AddCleanup.in_version(v));
+                assert_eq!(fix.contains("runtime.AddCleanup"), modern, "{v}: {fix}");
+                assert_eq!(fine.contains("AddCleanup"), modern, "{v}: {fine}");
+            }
+        }
+    }
 }

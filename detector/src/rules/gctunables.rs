@@ -12,6 +12,7 @@
 //! grown past the goal: the skipped collection starts at once. `SetMemoryLimit(limit
 //! < 0)` is a query (no commit) and never counts, nor does any call from the runtime or
 //! the standard library.
+use super::features::{self, Feature};
 use super::{
     active_fraction, counted_calls, from_text, shared, site_lines, CountedCalls, Finding, Param,
     Rule, Severity, Thresholds,
@@ -224,9 +225,21 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         culprit: None,
         evidence,
         cost: "GOGC and GOMEMLIMIT are process-wide: every call takes the global heap lock (which span allocation also takes), recomputes the heap goal and re-paces the sweeper, the scavenger and any running mark phase; SetGCPercent(-1) also blocks until a running mark phase ends, and restoring the percent with the heap grown past its goal starts the skipped collection at once, so the collections bunch up after each section. Concurrent togglers race: GC stays off while any of them is inside its section, and one that never restores leaves it off for good".into(),
-        fix: "set GOGC / GOMEMLIMIT once at startup (environment, or one debug.SetGCPercent / debug.SetMemoryLimit call in main); for sections that should run with fewer collections give the whole process the headroom once (a larger GOGC, with a memory limit as the safety net) instead of switching the collector off per section; for container memory limits use a controller that sets the limit once at start and adjusts it at most every several seconds; to read the settings use runtime/metrics (/gc/gogc:percent, /gc/gomemlimit:bytes) or SetMemoryLimit(-1), not SetGCPercent(SetGCPercent(-1))".into(),
+        fix: fix_text(features::has(c, Feature::GcSettingMetrics)),
         fine_when: "once at startup, on a configuration reload, or from an adaptive controller that adjusts the limit at most every several seconds (below the threshold rate); SetMemoryLimit(-1) queries, which change nothing".into(),
     }]
+}
+
+/// Reading the settings: runtime/metrics has /gc/gogc:percent and /gc/gomemlimit:bytes
+/// from Go 1.21 (runtime/metrics/description.go); before, only SetMemoryLimit(-1)
+/// reads without changing anything.
+fn fix_text(gc_setting_metrics: bool) -> String {
+    let read = if gc_setting_metrics {
+        "to read the settings use runtime/metrics (/gc/gogc:percent, /gc/gomemlimit:bytes) or SetMemoryLimit(-1), not SetGCPercent(SetGCPercent(-1))"
+    } else {
+        "to read the settings keep the values you set (runtime/metrics has /gc/gogc:percent and /gc/gomemlimit:bytes only from Go 1.21) or call SetMemoryLimit(-1) for the limit, not SetGCPercent(SetGCPercent(-1))"
+    };
+    format!("set GOGC / GOMEMLIMIT once at startup (environment, or one debug.SetGCPercent / debug.SetMemoryLimit call in main); for sections that should run with fewer collections give the whole process the headroom once (a larger GOGC, with a memory limit as the safety net) instead of switching the collector off per section; for container memory limits use a controller that sets the limit once at start and adjusts it at most every several seconds; {read}")
 }
 
 #[cfg(test)]

@@ -73,6 +73,8 @@ fn expected() -> Vec<(String, Option<&'static str>)> {
         .collect()
 }
 
+/// The collected facts of a golden file, with the Go version of its directory when
+/// the file predates `go_version` (fix texts depend on it).
 fn load(path: &Path) -> Collected {
     let text = fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
@@ -80,8 +82,14 @@ fn load(path: &Path) -> Collected {
             path.display()
         )
     });
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("golden file {} does not load: {e}", path.display()))
+    let mut c: Collected = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("golden file {} does not load: {e}", path.display()));
+    if c.go_version.is_none() {
+        c.go_version = path
+            .parent()
+            .and_then(|d| crate::gobin::GoVersion::parse(&name(d)));
+    }
+    c
 }
 
 #[test]
@@ -142,4 +150,101 @@ fn every_rule_raises_exactly_its_finding_on_golden_data() {
         "wrong findings:\n  {}",
         wrong.join("\n  ")
     );
+}
+
+/// The misuse data of `case` (recorded on Go 1.27.3) judged as if the target ran Go
+/// `go`: the one finding's fix and "fine when" texts.
+fn texts_for(case: &str, go: &str) -> (String, String) {
+    let thresholds = Thresholds::from_toml(ACCURACY_TOML).expect("tests/accuracy.toml parses");
+    let mut c = load(
+        &testdata()
+            .join("go1.27.3")
+            .join(format!("{case}-misuse.json")),
+    );
+    c.go_version = crate::gobin::GoVersion::parse(go);
+    let found = judge(&c, &thresholds);
+    assert_eq!(found.len(), 1, "{case} as {go}: {found:?}");
+    (found[0].fix.clone(), found[0].fine_when.clone())
+}
+
+#[test]
+fn fix_texts_follow_the_targets_go_version() {
+    // (case, text the fix names, first Go release it is named for)
+    let cases = [
+        ("finalizer-cleanup", "runtime.AddCleanup", (1, 24)),
+        ("finalizer-leak", "runtime.AddCleanup", (1, 24)),
+        ("trace", "FlightRecorder", (1, 25)),
+        ("gomaxprocs", "SetDefaultGOMAXPROCS", (1, 25)),
+        ("caller", "log/slog", (1, 21)),
+        (
+            "gctunables",
+            "use runtime/metrics (/gc/gogc:percent",
+            (1, 21),
+        ),
+    ];
+    for go in [
+        "go1.19.8",
+        "go1.21.13",
+        "go1.23.9",
+        "go1.24.11",
+        "go1.25.5",
+        "go1.26.6",
+        "go1.27.3",
+    ] {
+        let v = crate::gobin::GoVersion::parse(go).unwrap();
+        for (case, text, (major, minor)) in cases {
+            let (fix, _) = texts_for(case, go);
+            assert_eq!(
+                fix.contains(text),
+                v.at_least(major, minor),
+                "{case} on {go}: fix {fix:?}"
+            );
+        }
+        // Older releases get the older advice, never a feature they lack.
+        let (fix, _) = texts_for("gomaxprocs", go);
+        assert_eq!(
+            fix.contains("automaxprocs"),
+            !v.at_least(1, 25),
+            "{go}: {fix}"
+        );
+    }
+    // Unknown version: the advice of the oldest supported release.
+    let (fix, fine) = texts_for("finalizer-cleanup", "devel");
+    assert!(!fix.contains("AddCleanup") && !fine.contains("AddCleanup"));
+    // Advice that holds on every supported release.
+    for go in ["go1.19.8", "go1.27.3"] {
+        assert!(texts_for("readmemstats", go).0.contains("runtime/metrics"));
+        assert!(texts_for("freeosmemory", go)
+            .0
+            .contains("debug.SetMemoryLimit"));
+    }
+}
+
+#[test]
+fn a_flight_recorder_left_on_is_not_an_always_on_trace() {
+    use crate::gobin::trace_multiplexer::Subscribers;
+    let thresholds = Thresholds::from_toml(ACCURACY_TOML).expect("tests/accuracy.toml parses");
+    let mut c = load(&testdata().join("go1.27.3/trace-misuse.json"));
+    let fired = |c: &Collected| -> Vec<&'static str> {
+        judge(c, &thresholds).iter().map(|f| f.rule).collect()
+    };
+    for (trace_start, flight_recorder, fires) in [
+        (false, true, false),
+        (true, true, true),
+        (true, false, true),
+    ] {
+        c.trace_subscribers = Some(Subscribers {
+            trace_start,
+            flight_recorder,
+        });
+        assert_eq!(
+            fired(&c) == ["trace-always-on"],
+            fires,
+            "trace.Start {trace_start}, flight recorder {flight_recorder}"
+        );
+    }
+    // Unknown subscribers (no flight recorder in the binary, or memory unreadable):
+    // the reader alone decides, as before Go 1.25.
+    c.trace_subscribers = None;
+    assert_eq!(fired(&c), ["trace-always-on"]);
 }

@@ -1,6 +1,7 @@
 //! Catalog case 8: runtime.GOMAXPROCS(n) recomputed per request. GOMAXPROCS(0) is a
 //! query (the standard library's sync.Pool makes it all the time) and never counts;
 //! n > 0 takes the scheduler lock and, when n differs, stops the world to resize.
+use super::features::{self, Feature};
 use super::{
     counted_calls, fmt_pct, from_text, pause_line, pauses_with, site_lines, stopping_line,
     stw_severity, Finding, Param, Rule, Severity, Thresholds,
@@ -88,7 +89,19 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         culprit: None,
         evidence,
         cost: "every call takes the global scheduler lock; a value that differs from the current one stops the world to add or remove Ps".into(),
-        fix: "set GOMAXPROCS once at startup (or rely on the default; Go 1.25+ follows the cgroup CPU limit itself, older releases can use go.uber.org/automaxprocs)".into(),
+        fix: fix_text(features::has(c, Feature::CgroupGomaxprocs)).into(),
         fine_when: "test harnesses that deliberately vary the number of Ps, outside timed regions".into(),
     }]
+}
+
+/// With `cgroup_default` (Go 1.25+: runtime/cgroup_linux.go and SetDefaultGOMAXPROCS
+/// in runtime/debug.go) the default follows the cgroup CPU limit and updates itself,
+/// for main modules whose go.mod says 1.25 or later (older go lines default
+/// GODEBUG containermaxprocs=0 and updatemaxprocs=0: internal/godebugs/table.go).
+fn fix_text(cgroup_default: bool) -> &'static str {
+    if cgroup_default {
+        "stop setting GOMAXPROCS at run time and rely on the default: on Go 1.25+ it follows the cgroup CPU limit and the affinity mask and updates itself when they change (with `go 1.25` or later in go.mod; older go lines need GODEBUG=containermaxprocs=1,updatemaxprocs=1); after an explicit setting, runtime.SetDefaultGOMAXPROCS() returns to it"
+    } else {
+        "set GOMAXPROCS once at startup (or rely on the default, NumCPU); in a container with a CPU limit set it once in main from the cgroup quota, e.g. with go.uber.org/automaxprocs (Go 1.25+ does this itself)"
+    }
 }

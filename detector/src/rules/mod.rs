@@ -4,6 +4,7 @@
 mod blockprofile;
 mod caller;
 mod cpuprofile;
+pub mod features;
 mod finalizer;
 mod forcedgc;
 mod gctunables;

@@ -1,0 +1,257 @@
+//! `diagnose` targets, as root with real eBPF: `--exe GLOB` (every matching process,
+//! one report each, the worst exit code), `-- CMD ARGS` (started, diagnosed, stopped),
+//! and a target that exits mid-window (its report is kept, exit code 8). Every JSON
+//! report is checked against schema/diagnosis.schema.json.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use detector_tests::{detector_bin, require_bpf_privileges, schema, version_dir};
+use serde_json::Value;
+
+fn service_bin() -> PathBuf {
+    version_dir("service", 27).join("default/service")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(bin: &Path, args: &[&str]) -> Proc {
+    Proc(
+        detector_tests::spawn_fresh_copy(
+            Command::new(bin)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display())),
+    )
+}
+
+fn detector(args: &[&str]) -> Output {
+    Command::new(detector_bin())
+        .args(args)
+        .output()
+        .expect("run detector")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "exit {:?}, no JSON report ({e}); stderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn rules(report: &Value) -> Vec<&str> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| f["rule"].as_str())
+        .collect()
+}
+
+/// `-- CMD` that exits by itself 3 s into an 8 s window: the report covers the 3 s
+/// (findings included), says when it exited, and the exit code is 8.
+#[test]
+fn a_command_exiting_mid_window_keeps_its_report() {
+    require_bpf_privileges();
+    let bin = service_bin();
+    let out = detector(&[
+        "diagnose",
+        "--duration",
+        "8s",
+        "--format",
+        "json",
+        "--",
+        bin.to_str().unwrap(),
+        "-misuse",
+        "readmemstats",
+        "-rate",
+        "200",
+        "-exit-after",
+        "3s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(8), "stderr: {stderr}");
+    schema::check("diagnose -- CMD (exited)", &report);
+    let after = report["target_exited_after_s"]
+        .as_f64()
+        .expect("target_exited_after_s is set");
+    assert!(
+        (1.0..=3.5).contains(&after),
+        "exited {after} s into the window (3 s after start, minus the attach)"
+    );
+    let watched = report["collected"]["duration_s"].as_f64().unwrap();
+    assert!(
+        (watched - after).abs() < 1.1,
+        "window {watched} s for a target that exited after {after} s"
+    );
+    assert_eq!(rules(&report), ["readmemstats-hot-path"], "{report:#}");
+    assert!(
+        stderr.contains("exited") && stderr.contains("what was collected"),
+        "{stderr}"
+    );
+    // The command's own output went to stderr, not into the JSON on stdout.
+    assert!(stderr.contains("calls_total="), "{stderr}");
+    println!("exited after {after:.2} s; window {watched:.2} s; stderr: {stderr}");
+}
+
+/// `--pid` of a process that exits mid-window, text format: the report is printed
+/// and says so, exit code 8.
+#[test]
+fn a_pid_exiting_mid_window_keeps_its_text_report() {
+    require_bpf_privileges();
+    let target = start(
+        &service_bin(),
+        &[
+            "-misuse",
+            "readmemstats",
+            "-rate",
+            "200",
+            "-exit-after",
+            "3s",
+        ],
+    );
+    let out = detector(&[
+        "diagnose",
+        "--pid",
+        &target.0.id().to_string(),
+        "--duration",
+        "8s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{text}\nstderr: {stderr}");
+    assert!(text.contains("the process exited"), "{text}");
+    assert!(text.contains("readmemstats-hot-path"), "{text}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+/// `-- CMD` still running at the end of the window: reported (exit 0, healthy), then
+/// stopped: nothing of it is left.
+#[test]
+fn a_command_is_stopped_after_its_window() {
+    require_bpf_privileges();
+    let bin = service_bin();
+    let out = detector(&[
+        "diagnose",
+        "--duration",
+        "2s",
+        "--format",
+        "json",
+        "--",
+        bin.to_str().unwrap(),
+        "-misuse",
+        "none",
+        "-rate",
+        "50",
+    ]);
+    let report = json(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    schema::check("diagnose -- CMD", &report);
+    assert!(report["target_exited_after_s"].is_null());
+    let pid = report["target"]["pid"].as_u64().expect("pid");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the command (pid {pid}) still exists after diagnose ended"
+    );
+}
+
+/// `--exe GLOB` over three processes of one binary: one with a finding, one healthy,
+/// one that exits mid-window. A JSON array of three reports; exit code 8, the worst.
+#[test]
+fn exe_reports_every_matching_process() {
+    require_bpf_privileges();
+    let dir = std::env::temp_dir().join(format!("detector-exe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("exe-target");
+    std::fs::copy(service_bin(), &app).unwrap();
+    let misuse = start(&app, &["-misuse", "readmemstats", "-rate", "200"]);
+    let healthy = start(&app, &["-misuse", "none", "-rate", "50"]);
+    let leaving = start(
+        &app,
+        &["-misuse", "none", "-rate", "50", "-exit-after", "2s"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let glob = format!("{}/exe-*", dir.display());
+    let out = detector(&[
+        "diagnose",
+        "--exe",
+        &glob,
+        "--duration",
+        "4s",
+        "--format",
+        "json",
+    ]);
+    let reports = json(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    schema::check("diagnose --exe", &reports);
+    let reports = reports.as_array().expect("--exe prints an array");
+    let of = |p: &Proc| {
+        reports
+            .iter()
+            .find(|r| r["target"]["pid"].as_u64() == Some(p.0.id() as u64))
+            .unwrap_or_else(|| panic!("no report for pid {}", p.0.id()))
+    };
+    assert_eq!(reports.len(), 3);
+    assert_eq!(rules(of(&misuse)), ["readmemstats-hot-path"]);
+    assert!(rules(of(&healthy)).is_empty());
+    assert!(of(&healthy)["target_exited_after_s"].is_null());
+    assert!(of(&leaving)["target_exited_after_s"].as_f64().is_some());
+
+    // The same in text: one report per process.
+    let out = detector(&["diagnose", "--exe", &glob, "--duration", "1s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("detector diagnose: pid ").count(), 2, "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+
+    // A pattern nothing matches: exit 3, one line.
+    let out = detector(&["diagnose", "--exe", "/nonexistent/*", "--duration", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no running Go process"), "{stderr}");
+    drop((misuse, healthy, leaving));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Exactly one of --pid, --exe and -- CMD: none or two is a usage error (exit 2).
+#[test]
+fn exactly_one_target() {
+    assert_eq!(detector(&["diagnose"]).status.code(), Some(2));
+    assert_eq!(
+        detector(&["diagnose", "--pid", "1", "--exe", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        detector(&["diagnose", "--pid", "1", "--", "/bin/true"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

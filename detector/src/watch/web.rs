@@ -542,11 +542,10 @@ mod tests {
     }
 
     fn load(yaml: &str) -> Result<WebConfig, String> {
-        let dir = std::env::temp_dir().join(format!(
-            "detector-web-unit-{}-{}",
-            std::process::id(),
-            yaml.len()
-        ));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("detector-web-unit-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("web.yml");
         std::fs::write(&f, yaml).unwrap();

@@ -104,24 +104,33 @@ impl Started {
             .try_clone_to_owned()
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());
-        let child = Command::new(prog)
-            .args(args)
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
             // Its own process group: Ctrl-C ends the window, not the command.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                let code = if e.kind() == std::io::ErrorKind::NotFound {
-                    exit::Code::NoSuchProcess
-                } else {
-                    exit::Code::Other
-                };
-                Failure::new(
-                    code,
-                    format!("cannot start {prog:?}: {e}; check the command after --"),
-                )
-            })?;
+            .process_group(0);
+        // If detector is killed (no chance to stop it), the command gets SIGTERM from
+        // the kernel rather than running on alone.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                exit::Code::NoSuchProcess
+            } else {
+                exit::Code::Other
+            };
+            Failure::new(
+                code,
+                format!("cannot start {prog:?}: {e}; check the command after --"),
+            )
+        })?;
         Ok(Started(child))
     }
 

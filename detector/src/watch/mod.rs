@@ -87,6 +87,12 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
             " (basic auth)"
         }
     );
+    if web.tls.is_none() && !web.users.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "detector watch: warning: basic auth without tls_server_config sends passwords in clear text"
+        );
+    }
 
     let state = Arc::new(Mutex::new(Exported::default()));
     let stop = Arc::new(AtomicBool::new(false));

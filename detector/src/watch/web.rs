@@ -370,14 +370,22 @@ pub struct TlsListener {
 /// How long a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at once, at most: connections beyond wait to be accepted
+/// (in the kernel's backlog), so a flood of idle connections costs bounded memory.
+const MAX_HANDSHAKES: usize = 128;
+
 impl TlsListener {
     /// Must run inside the tokio runtime.
     pub fn new(tcp: tokio::net::TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -393,6 +401,7 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

@@ -155,9 +155,13 @@ fn tls_and_basic_auth_refuse_wrong_credentials() {
     make_certs(&dir, "server");
     let ca = dir.path("server-ca.crt");
     let ca = ca.to_str().unwrap();
-    // Real bcrypt hashes: cost 10 (the usual) and 4.
+    // Real bcrypt hashes: cost 10 (the usual) and 4, the second in htpasswd's $2y$
+    // spelling (the same algorithm as $2b$).
     let alice = bcrypt::hash("alice-password", 10).unwrap();
-    let bob = bcrypt::hash("bob-password", 4).unwrap();
+    let bob = bcrypt::hash("bob-password", 4)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    assert!(bob.starts_with("$2y$04$"), "{bob}");
     // Relative paths: from the config file's directory (as the exporter-toolkit).
     let config = dir.write(
         "web.yml",

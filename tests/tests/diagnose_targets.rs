@@ -298,20 +298,39 @@ fn exe_reports_every_matching_process() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Exactly one of --pid, --exe and -- CMD: none or two is a usage error (exit 2).
+/// Exactly one of --pid, --exe and -- CMD: none or two is a usage error (exit 2). A
+/// command that does not exist is exit 3; one that is not a Go program is exit 4, and
+/// is stopped.
 #[test]
-fn exactly_one_target() {
-    assert_eq!(detector(&["diagnose"]).status.code(), Some(2));
+fn bad_targets() {
+    let code = |args: &[&str]| detector(args).status.code();
+    assert_eq!(code(&["diagnose"]), Some(2));
+    assert_eq!(code(&["diagnose", "--pid", "1", "--exe", "x"]), Some(2));
     assert_eq!(
-        detector(&["diagnose", "--pid", "1", "--exe", "x"])
-            .status
-            .code(),
+        code(&["diagnose", "--pid", "1", "--", "/bin/true"]),
         Some(2)
     );
-    assert_eq!(
-        detector(&["diagnose", "--pid", "1", "--", "/bin/true"])
-            .status
-            .code(),
-        Some(2)
+    let out = detector(&["diagnose", "--", "/nonexistent/cmd"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("cannot start \"/nonexistent/cmd\""),
+        "{stderr}"
     );
+    // A unique argument, to find the command afterwards.
+    let tag = format!(
+        "{}.{}",
+        3000 + std::process::id() % 1000,
+        std::process::id()
+    );
+    let out = detector(&["diagnose", "--", "sleep", &tag]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not a Go binary"), "{stderr}");
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(&tag));
+    assert!(!left, "the command `sleep {tag}` was left running");
 }

@@ -418,6 +418,33 @@ fn client_certificates_are_verified() {
         old.is_err(),
         "TLS 1.2 accepted with min_version TLS13: {old:?}"
     );
+
+    // A renewed certificate (from another CA here, to tell them apart) written over
+    // the files: served from the next handshake on, no restart.
+    make_certs(&dir, "renewed");
+    std::fs::copy(dir.path("renewed.key"), dir.path("server.key")).unwrap();
+    std::fs::copy(dir.path("renewed.crt"), dir.path("server.crt")).unwrap();
+    let renewed_ca = dir.path("renewed-ca.crt");
+    let crt = dir.path("client.crt");
+    let key = dir.path("client.key");
+    let client = |ca: &Path| {
+        curl(
+            &[
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--cert",
+                crt.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+            &url,
+        )
+    };
+    assert_eq!(status(client(&renewed_ca)), 200, "the renewed certificate");
+    assert!(
+        client(&ca).is_err(),
+        "the old certificate is still served after renewal"
+    );
     drop(watch);
 }
 

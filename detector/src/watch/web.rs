@@ -34,8 +34,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use rustls::{
+    crypto::CryptoProvider,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::WebPkiClientVerifier,
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
     RootCertStore, ServerConfig,
 };
 use serde::Deserialize;
@@ -183,34 +185,8 @@ fn tls_config(path: &Path, dir: &Path, t: TlsFile) -> Result<ServerConfig, Failu
             dir.join(p)
         }
     };
-    let read = |field: &str, p: &Path| -> Result<Vec<u8>, Failure> {
-        std::fs::read(p).map_err(|e| {
-            bad(
-                path,
-                format!(
-                    "tls_server_config.{field} {}: cannot read it: {e}",
-                    p.display()
-                ),
-            )
-        })
-    };
     let cert_path = resolve(&t.cert_file);
-    let certs = pem_certs(
-        path,
-        "cert_file",
-        &cert_path,
-        &read("cert_file", &cert_path)?,
-    )?;
     let key_path = resolve(&t.key_file);
-    let key = PrivateKeyDer::from_pem_slice(&read("key_file", &key_path)?).map_err(|e| {
-        bad(
-            path,
-            format!(
-                "tls_server_config.key_file {}: no PEM private key in it ({e})",
-                key_path.display()
-            ),
-        )
-    })?;
 
     let version = |field: &str, v: &str| -> Result<Option<u8>, Failure> {
         match v {
@@ -247,6 +223,7 @@ fn tls_config(path: &Path, dir: &Path, t: TlsFile) -> Result<ServerConfig, Failu
     // a metrics endpoint does not need (X25519 and the NIST curves remain).
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = load_pair(&cert_path, &key_path, &provider).map_err(|m| bad(path, m))?;
     // The exporter-toolkit's default: a client CA alone means verified client certs.
     let auth_type = match (t.client_auth_type.as_str(), t.client_ca_file.is_empty()) {
         ("", false) => "RequireAndVerifyClientCert",
@@ -275,7 +252,10 @@ fn tls_config(path: &Path, dir: &Path, t: TlsFile) -> Result<ServerConfig, Failu
             }
             let ca_path = resolve(&t.client_ca_file);
             let mut roots = RootCertStore::empty();
-            for c in pem_certs(path, "client_ca_file", &ca_path, &read("client_ca_file", &ca_path)?)? {
+            let ca = read_field("client_ca_file", &ca_path)
+                .and_then(|pem| pem_certs("client_ca_file", &ca_path, &pem))
+                .map_err(|m| bad(path, m))?;
+            for c in ca {
                 roots.add(c).map_err(|e| {
                     bad(
                         path,
@@ -286,7 +266,7 @@ fn tls_config(path: &Path, dir: &Path, t: TlsFile) -> Result<ServerConfig, Failu
                     )
                 })?;
             }
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             let v = if auth_type == "VerifyClientCertIfGiven" {
                 v.allow_unauthenticated()
             } else {
@@ -313,47 +293,108 @@ fn tls_config(path: &Path, dir: &Path, t: TlsFile) -> Result<ServerConfig, Failu
             ))
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        bad(
-            path,
-            format!(
-                "tls_server_config: the key in {} does not go with the certificate in {} ({e})",
-                key_path.display(),
-                cert_path.display()
-            ),
-        )
-    })?;
+    // Read again when the files change (a renewed certificate), as the exporter-toolkit
+    // does: no restart needed.
+    let mut config = builder.with_cert_resolver(Arc::new(CertFiles {
+        stamp: Mutex::new(stamps(&cert_path, &key_path)),
+        current: Mutex::new(Arc::new(certified)),
+        cert: cert_path,
+        key: key_path,
+        provider,
+    }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-fn pem_certs(
-    path: &Path,
-    field: &str,
-    file: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, Failure> {
+/// The bytes of `file`, for the web config's `field`; the message names both.
+fn read_field(field: &str, file: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(file).map_err(|e| {
+        format!(
+            "tls_server_config.{field} {}: cannot read it: {e}",
+            file.display()
+        )
+    })
+}
+
+fn pem_certs(field: &str, file: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            bad(
-                path,
-                format!(
-                    "tls_server_config.{field} {}: bad PEM ({e})",
-                    file.display()
-                ),
+            format!(
+                "tls_server_config.{field} {}: bad PEM ({e})",
+                file.display()
             )
         })?;
     if certs.is_empty() {
-        return Err(bad(
-            path,
-            format!(
-                "tls_server_config.{field} {}: no PEM certificate in it",
-                file.display()
-            ),
+        return Err(format!(
+            "tls_server_config.{field} {}: no PEM certificate in it",
+            file.display()
         ));
     }
     Ok(certs)
+}
+
+/// The server's certificate chain and its key, checked to go together.
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let certs = pem_certs("cert_file", cert, &read_field("cert_file", cert)?)?;
+    let der = PrivateKeyDer::from_pem_slice(&read_field("key_file", key)?).map_err(|e| {
+        format!(
+            "tls_server_config.key_file {}: no PEM private key in it ({e})",
+            key.display()
+        )
+    })?;
+    CertifiedKey::from_der(certs, der, provider).map_err(|e| {
+        format!(
+            "tls_server_config: the key in {} does not go with the certificate in {} ({e})",
+            key.display(),
+            cert.display()
+        )
+    })
+}
+
+/// What tells a file changed: inode (a replaced file, a swapped symlink as in a
+/// Kubernetes secret), modification time and size, of the certificate and the key.
+type Stamp = Option<[(u64, i64, i64, u64); 2]>;
+
+fn stamps(cert: &Path, key: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+/// The certificate and key files, read again at a handshake after they changed. A
+/// pair that does not load (a half-written renewal: the certificate is new, the key
+/// not yet) keeps the previous one in service, with a warning, until the next change.
+#[derive(Debug)]
+struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    stamp: Mutex<Stamp>,
+    current: Mutex<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let now = stamps(&self.cert, &self.key);
+        let mut stamp = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now != *stamp {
+            *stamp = now;
+            match load_pair(&self.cert, &self.key, &self.provider) {
+                Ok(k) => {
+                    log::info!("TLS certificate {} loaded again", self.cert.display());
+                    *current = Arc::new(k);
+                }
+                Err(e) => log::warn!("{e}; the previous certificate stays in service"),
+            }
+        }
+        Some(current.clone())
+    }
 }
 
 /// A TLS listener for `axum::serve`: connections are accepted and their handshakes

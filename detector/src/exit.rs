@@ -25,11 +25,14 @@ pub enum Code {
     Other = 10,
     /// `watch` could not listen on its address (in use, or not allowed).
     ListenFailed = 11,
+    /// `watch --web-config`: the file is unreadable, malformed, or names a missing or
+    /// unusable certificate, key or hash.
+    WebConfig = 12,
 }
 
 impl Code {
     /// Every code, in order (the README's table).
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::NoFindings,
         Code::Findings,
         Code::Usage,
@@ -42,6 +45,7 @@ impl Code {
         Code::BpfFailed,
         Code::Other,
         Code::ListenFailed,
+        Code::WebConfig,
     ];
 }
 

@@ -11,7 +11,8 @@ Exit codes:
   0  no findings            1  findings (diagnose)      2  bad command line
   3  no such process        4  not a Go binary          5  not amd64 ELF, or corrupt
   6  unsupported Go version 7  missing privileges       8  target exited mid-run
-  9  kernel refused probes  10 other error            11 watch: cannot listen";
+  9  kernel refused probes  10 other error            11 watch: cannot listen
+  12 watch: bad --web-config";
 
 #[derive(Parser)]
 #[command(
@@ -35,10 +36,19 @@ enum Command {
         format: Format,
     },
     /// Watch a running Go process for a while and report misuse (needs CAP_BPF + CAP_PERFMON).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "exe", "command"])))]
     Diagnose {
         /// The process to diagnose.
         #[arg(long)]
-        pid: u32,
+        pid: Option<u32>,
+        /// Every running process whose executable (full path or file name) matches this
+        /// glob, as `watch --exe` matches; JSON output is then an array of reports.
+        #[arg(long, value_name = "GLOB")]
+        exe: Option<String>,
+        /// Start this command, diagnose it, then stop it (SIGTERM, SIGKILL after 5 s).
+        /// Its stdout goes to stderr (stdout carries the report).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
         /// How long to watch: 10s, 500ms, 2m.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
@@ -77,6 +87,10 @@ enum Command {
         /// Watch (and export) at most this many processes: bounds the series count.
         #[arg(long, default_value_t = 100)]
         max_processes: usize,
+        /// TLS and basic auth for every endpoint, from a Prometheus exporter-toolkit
+        /// web config file (tls_server_config, basic_auth_users with bcrypt hashes).
+        #[arg(long, value_name = "FILE")]
+        web_config: Option<PathBuf>,
         #[command(flatten)]
         rules: RuleOptions,
         #[command(flatten)]
@@ -137,6 +151,8 @@ fn main() -> ExitCode {
         Command::Inspect { binary, format } => cmd::inspect::run(&binary, format),
         Command::Diagnose {
             pid,
+            exe,
+            command,
             duration,
             format,
             rules,
@@ -147,8 +163,13 @@ fn main() -> ExitCode {
                 t.set(&format!("readmemstats_per_second={r}"))
                     .map_err(|e| detector::exit::Failure::new(detector::exit::Code::Usage, e))?;
             }
+            let targets = match (pid, exe) {
+                (Some(pid), _) => cmd::diagnose::Targets::Pid(pid),
+                (None, Some(glob)) => cmd::diagnose::Targets::Exe(glob),
+                (None, None) => cmd::diagnose::Targets::Command(command),
+            };
             cmd::diagnose::run(cmd::diagnose::Options {
-                pid,
+                targets,
                 duration,
                 format,
                 thresholds: t,
@@ -163,12 +184,19 @@ fn main() -> ExitCode {
             interval,
             window,
             max_processes,
+            web_config,
             rules,
             budget,
         } => cmd::thresholds(rules.config.as_deref(), &rules.sets).and_then(|thresholds| {
             let filter = detector::watch::discover::Filter::new(pids, &exe, &exclude)
                 .map_err(|e| detector::exit::Failure::new(detector::exit::Code::Usage, e))?;
+            // Checked before anything else: a bad file is refused at once, root or not.
+            let web = web_config
+                .as_deref()
+                .map(detector::watch::web::WebConfig::load)
+                .transpose()?;
             detector::watch::run(detector::watch::Options {
+                web,
                 listen,
                 config: detector::watch::agent::Config {
                     filter,

@@ -3,6 +3,7 @@
 pub mod accuracy;
 pub mod breakpoints;
 pub mod http;
+pub mod schema;
 pub mod soak;
 
 use std::{

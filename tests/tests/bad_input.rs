@@ -152,6 +152,9 @@ fn target_exits_mid_run() {
     let _ = target.wait();
     let out = diag.wait_with_output().unwrap();
     expect_error(&out, 8, "exited");
+    // What was collected until the exit is still reported.
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("the process exited"), "{report}");
 }
 
 #[test]

@@ -161,6 +161,15 @@ fn watch_exports_processes_findings_and_detaches_on_sigterm() {
         })
     };
     assert!(finding(&m, "readmemstats-hot-path"), "{body}");
+    // The finding names the function to change (the culprit), never a whole stack.
+    assert!(
+        scrape.samples.iter().any(|s| {
+            s.metric == "detector_finding_active"
+                && s.labels.get("pid") == Some(m.as_str())
+                && s.labels.get("culprit") == Some("main.metricsMiddleware.func1")
+        }),
+        "no culprit label on the finding:\n{body}"
+    );
     for quiet in [&healthy, &stripped] {
         assert!(
             !pids_in(&scrape, "detector_finding_active").contains(&quiet.0.id()),

@@ -61,6 +61,9 @@ pub fn all() -> Result<Tools> {
     }
     promtool()?;
     wrk()?;
+    // The `watch --web-config` tests: test certificates (openssl) and a TLS client (curl).
+    debian_tool("openssl", "openssl")?;
+    debian_tool("curl", "curl")?;
     Ok(Tools { bpf_linker_dir, go })
 }
 
@@ -299,4 +302,25 @@ fn pypi_go(version: &str) -> Result<GoTool> {
         bail!("{} reports Go {found}, expected {version}", go.display());
     }
     Ok(GoTool { version: found, go })
+}
+
+/// A command-line tool from the Debian package of the same purpose, installed when
+/// `cmd --version` cannot run.
+fn debian_tool(cmd: &str, package: &str) -> Result<()> {
+    if Command::new(cmd).arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian's {package} package");
+    let install = || {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", package])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+        install().with_context(|| format!("installing {package} needs root (apt-get)"))?;
+    }
+    Ok(())
 }

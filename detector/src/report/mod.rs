@@ -26,14 +26,24 @@ pub struct ProbeInfo {
     pub overhead_budget_percent: f64,
 }
 
+/// The version of the JSON report's shape, `schema_version` in every report and
+/// `schema/diagnosis.schema.json`'s `$id`. Raised when a field is removed, renamed or
+/// changes meaning; new optional fields keep it.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// What `diagnose` found: findings first, then the evidence.
 #[derive(Clone, Debug, Serialize)]
 pub struct Diagnosis {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub detector_version: &'static str,
     pub target: TargetInfo,
     pub probes: ProbeInfo,
     pub findings: Vec<Finding>,
     pub collected: Collected,
+    /// Seconds into the window at which the target exited (`diagnose` reports what it
+    /// collected until then and exits 8); null while it ran the whole window.
+    pub target_exited_after_s: Option<f64>,
 }
 
 impl Diagnosis {
@@ -46,6 +56,7 @@ impl Diagnosis {
     ) -> Diagnosis {
         let info = target.binary.info();
         Diagnosis {
+            schema_version: SCHEMA_VERSION,
             detector_version: env!("CARGO_PKG_VERSION"),
             target: TargetInfo {
                 pid: target.pid,
@@ -58,6 +69,7 @@ impl Diagnosis {
             probes,
             findings,
             collected,
+            target_exited_after_s: None,
         }
     }
 }

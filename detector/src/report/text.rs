@@ -31,6 +31,12 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
         c.duration_s,
         d.probes.attached
     );
+    if let Some(after) = d.target_exited_after_s {
+        let _ = writeln!(
+            o,
+            "  the process exited {after:.1} s into the window: this report covers what was collected until then"
+        );
+    }
     for (sym, err) in &d.probes.failed {
         let _ = writeln!(o, "  warning: probe on {sym} not attached: {err}");
     }

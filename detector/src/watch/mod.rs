@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod discover;
 pub mod metrics;
+pub mod web;
 
 use std::{
     net::SocketAddr,
@@ -35,6 +36,8 @@ use agent::{Agent, Config, Exported};
 pub struct Options {
     pub listen: SocketAddr,
     pub config: Config,
+    /// `--web-config`: TLS and basic auth for every endpoint (plain HTTP when `None`).
+    pub web: Option<web::WebConfig>,
 }
 
 #[derive(Clone)]
@@ -70,10 +73,26 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
         .map_err(|e| Failure::new(exit::Code::Other, e.to_string()))?;
     // Not eprintln!: it panics when stderr cannot be written (a full disk).
     use std::io::Write;
+    let web = o.web.unwrap_or(web::WebConfig {
+        tls: None,
+        users: Default::default(),
+    });
     let _ = writeln!(
         std::io::stderr(),
-        "detector watch: serving http://{addr}/metrics, /findings and /healthz"
+        "detector watch: serving {}://{addr}/metrics, /findings and /healthz{}",
+        web.scheme(),
+        if web.users.is_empty() {
+            ""
+        } else {
+            " (basic auth)"
+        }
     );
+    if web.tls.is_none() && !web.users.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "detector watch: warning: basic auth without tls_server_config sends passwords in clear text"
+        );
+    }
 
     let state = Arc::new(Mutex::new(Exported::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -97,14 +116,30 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
         .map_err(|e| Failure::new(exit::Code::Other, e.to_string()))?;
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/metrics", get(serve_metrics))
             .route("/findings", get(serve_findings))
             .route("/healthz", get(serve_health))
             .with_state(http);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        // Every endpoint, /healthz included (as the exporter-toolkit does).
+        if !web.users.is_empty() {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                web::BasicAuth::new(web.users.clone()),
+                web::require_auth,
+            ));
+        }
+        match web.tls {
+            Some(tls) => {
+                axum::serve(web::TlsListener::new(listener, tls)?, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }
+        }
     });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     // The loop detaches every probe when it returns.

@@ -4,6 +4,7 @@
 //! Every task installs what it needs and skips what is already there, so that the
 //! README's two commands work on a fresh machine and cost little on a warm one.
 mod bench;
+mod corpus;
 mod fixtures;
 mod fuzz;
 mod setup;

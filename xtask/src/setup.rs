@@ -61,6 +61,7 @@ pub fn all() -> Result<Tools> {
     }
     promtool()?;
     wrk()?;
+    crate::corpus::install()?;
     Ok(Tools { bpf_linker_dir, go })
 }
 

@@ -19,7 +19,7 @@ use detector_tests::{
     require_bpf_privileges, version_dir,
 };
 
-const WINDOW: &str = "5s";
+const WINDOW: &str = "4s";
 
 /// Starts the fixture in `mode`; returns it, its address and its features line.
 fn start(bin: &Path, mode: &str) -> (Daemon, String, String) {
@@ -125,20 +125,40 @@ fn check(minor: u32, kind: &str) {
         );
     }
 
-    // log/slog with AddSource on every request (Go 1.21+).
-    if minor >= 21 {
-        let (d, _, _) = start(&bin, "slog");
+    // log/slog with AddSource on every request (Go 1.21+), and debug.FreeOSMemory
+    // called through a function value (main.every(500ms, debug.FreeOSMemory)): the
+    // exported wrapper is then a frame of its own, under main.every.
+    {
+        let mode = if minor >= 21 {
+            "slog,freeosmemory-func"
+        } else {
+            "freeosmemory-func"
+        };
+        let (d, _, _) = start(&bin, mode);
         let report = diagnose_while(d.pid(), WINDOW, &[], vec![]);
+        if minor >= 21 {
+            checks.finding(
+                &report,
+                "caller-hot-path",
+                Some(&Culprit {
+                    functions: &["main.handleSlog"],
+                    owner: Some("main"),
+                    path_has: &["log/slog.(*Logger).log", "runtime.Callers"],
+                    ..Default::default()
+                }),
+                &what("slog AddSource on every request"),
+            );
+        }
         checks.finding(
             &report,
-            "caller-hot-path",
+            "freeosmemory-periodic",
             Some(&Culprit {
-                functions: &["main.handleSlog"],
+                functions: &["main.every"],
                 owner: Some("main"),
-                path_has: &["log/slog.(*Logger).log", "runtime.Callers"],
+                path_has: &["runtime/debug.FreeOSMemory"],
                 ..Default::default()
             }),
-            &what("slog AddSource on every request"),
+            &what("debug.FreeOSMemory through a function value every 500 ms"),
         );
     }
 

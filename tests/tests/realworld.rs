@@ -215,6 +215,13 @@ fn rclone_debian() {
         &bin,
         &[
             "rcd",
+            // Debug logging with file:line (fs/log/log.go:111-112 at v1.60.1: the
+            // `shortfile` log format sets log.Lshortfile on the standard logger).
+            "-vv",
+            "--log-format",
+            "date,time,shortfile",
+            "--log-file",
+            dir.join("rclone.log").to_str().unwrap(),
             "--rc-no-auth",
             "--rc-addr",
             &addr,
@@ -246,6 +253,11 @@ fn rclone_debian() {
     // - core/gc twice a second: rcGc calls runtime.GC (:164);
     // - debug/set-block-profile-rate rate=1 (rcSetBlockProfileRate, :345) made before
     //   the window: every blocking event of the listing is then recorded.
+    // - and every rc call writes two debug lines (fs/rc/rcserver/rcserver.go:279 and
+    //   :292, fs.Debugf) through fs/log.go:92 `log.Output(4, text)`: runtime.Caller
+    //   per line. About 100 lines/s here, so the threshold is lowered to 50/s to
+    //   stand for a server with more traffic (the default, 1000/s, keeps the
+    //   ordinary window's ~50/s silent).
     let (status, body) = rc(&addr, "debug/set-block-profile-rate", r#"{"rate":1}"#)
         .send()
         .expect("rc debug/set-block-profile-rate");
@@ -253,7 +265,7 @@ fn rclone_debian() {
     let report = diagnose_while(
         rclone.pid(),
         WINDOW,
-        &[],
+        &["--set", "caller_per_second=50"],
         vec![
             Driver::http(rc(&addr, "core/memstats", "{}"), 30.0),
             Driver::http(rc(&addr, "core/gc", "{}"), 2.0),
@@ -283,6 +295,22 @@ fn rclone_debian() {
             ..Default::default()
         }),
         "rclone core/gc twice a second",
+    );
+    checks.finding(
+        &report,
+        "caller-hot-path",
+        Some(&Culprit {
+            // The first frame outside the standard library is rclone's fs.LogPrint
+            // closure (fs/log.go:87); the code that logs is rcserver's handler.
+            functions: &[
+                "github.com/rclone/rclone/fs/rc/rcserver.*",
+                "github.com/rclone/rclone/fs.*",
+            ],
+            owner: Some("main"),
+            path_has: &["log.(*Logger).Output", "runtime.Caller"],
+            ..Default::default()
+        }),
+        "rclone debug log lines with shortfile",
     );
     // Set before the window: judged from the events, no call to name.
     checks.finding(

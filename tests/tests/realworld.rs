@@ -38,6 +38,16 @@ use detector_tests::{
 const WINDOW: &str = "4s";
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// The culprit of a call made by a standard-library handler (expvar's, net/http/pprof's)
+/// that a daemon mounts: the handler's entry point, driven by net/http. Not the
+/// daemon's middleware around it (caddy's metrics.go:43 instrumentHandlerCounter,
+/// etcd's accessController, exporter-toolkit's webHandler for node_exporter), which
+/// "the first frame outside the standard library" would name: walking out from the
+/// API, the standard library's handler is met first, and what makes the cost is
+/// whoever drives it. A daemon's own code calling into expvar (etcd's serveVars) is
+/// met first, and is the culprit.
+const PPROF_ENTRY: &[&str] = &["net/http/pprof.Index", "net/http/pprof.handler.ServeHTTP"];
+
 fn spawn(name: &str, bin: &Path, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Daemon {
     let log = std::fs::File::create(dir.join("daemon.log")).expect("daemon log");
     let child = Command::new(bin)
@@ -173,11 +183,9 @@ fn etcd_debian() {
         &report,
         "stack-all-polling",
         Some(&Culprit {
-            functions: &[
-                "net/http/pprof.Index",
-                "net/http/pprof.handler.ServeHTTP",
-                "go.etcd.io/etcd/embed.(*accessController).ServeHTTP",
-            ],
+            functions: PPROF_ENTRY,
+            owner: Some("std"),
+            driven_by: Some("net/http"),
             path_has: &["runtime/pprof.writeGoroutineStacks", "runtime.Stack"],
             ..Default::default()
         }),
@@ -474,12 +482,10 @@ fn caddy(bin: &Path, name: &str) {
         &report,
         "readmemstats-hot-path",
         Some(&Culprit {
-            functions: &["expvar.expvarHandler", "github.com/caddyserver/caddy/v2.*"],
-            path_has: &[
-                "expvar.expvarHandler",
-                "expvar.memstats",
-                "runtime.ReadMemStats",
-            ],
+            functions: &["expvar.expvarHandler"],
+            owner: Some("std"),
+            driven_by: Some("net/http"),
+            path_has: &["expvar.memstats", "runtime.ReadMemStats"],
             ..Default::default()
         }),
         &format!("{name} /debug/vars polled 30/s"),
@@ -488,11 +494,9 @@ fn caddy(bin: &Path, name: &str) {
         &report,
         "stack-all-polling",
         Some(&Culprit {
-            functions: &[
-                "net/http/pprof.Index",
-                "net/http/pprof.handler.ServeHTTP",
-                "github.com/caddyserver/caddy/v2.*",
-            ],
+            functions: PPROF_ENTRY,
+            owner: Some("std"),
+            driven_by: Some("net/http"),
             path_has: &["runtime/pprof.writeGoroutineStacks", "runtime.Stack"],
             ..Default::default()
         }),
@@ -559,9 +563,11 @@ fn node_exporter_debian() {
     checks.silent(&report, "node_exporter scraped");
 
     // Misuse: node_exporter.go:20 (v1.5.0) imports net/http/pprof for its side effect,
-    // and :199 serves http.DefaultServeMux: the whole stack is the standard library,
-    // driven by requests. goroutine?debug=2 → runtime.Stack(buf, true); heap?gc=1 →
-    // runtime.GC in net/http/pprof's handler before the heap profile.
+    // and :199 serves http.DefaultServeMux through exporter-toolkit v0.8.2's
+    // web.(*webHandler).ServeHTTP (web/tls_config.go:244-254, web/handler.go:88): under
+    // that wrapper the stack is the standard library's, driven by requests.
+    // goroutine?debug=2 → runtime.Stack(buf, true); heap?gc=1 → runtime.GC in
+    // net/http/pprof's handler before the heap profile.
     let report = diagnose_while(
         ne.pid(),
         WINDOW,
@@ -571,12 +577,11 @@ fn node_exporter_debian() {
             Driver::http(Request::get(&addr, "/debug/pprof/heap?gc=1"), 2.0),
         ],
     );
-    let pprof_entry: &[&str] = &["net/http/pprof.Index", "net/http/pprof.handler.ServeHTTP"];
     checks.finding(
         &report,
         "stack-all-polling",
         Some(&Culprit {
-            functions: pprof_entry,
+            functions: PPROF_ENTRY,
             owner: Some("std"),
             driven_by: Some("net/http"),
             path_has: &["runtime/pprof.writeGoroutineStacks", "runtime.Stack"],
@@ -588,7 +593,7 @@ fn node_exporter_debian() {
         &report,
         "gc-forced-periodic",
         Some(&Culprit {
-            functions: pprof_entry,
+            functions: PPROF_ENTRY,
             owner: Some("std"),
             driven_by: Some("net/http"),
             path_has: &["runtime.GC"],

@@ -131,7 +131,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Setup => setup::all().map(|_| ()),
+        // The test corpus only where the tests may run: not for the demo.
+        Cmd::Setup => setup::all().and_then(|_| corpus::install()),
         Cmd::Fixtures { go } => {
             let tools = setup::all()?;
             fixtures::build_all(&tools, &go)
@@ -194,6 +195,7 @@ fn cargo(tools: &setup::Tools) -> Command {
 
 fn test(extra: &[String]) -> Result<()> {
     let tools = setup::all()?;
+    corpus::install()?;
     fixtures::build_all(&tools, &[])?;
     let root = workspace_root();
     eprintln!("xtask: cargo fmt --check");

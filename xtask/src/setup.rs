@@ -61,7 +61,6 @@ pub fn all() -> Result<Tools> {
     }
     promtool()?;
     wrk()?;
-    crate::corpus::install()?;
     Ok(Tools { bpf_linker_dir, go })
 }
 

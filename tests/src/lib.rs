@@ -2,6 +2,7 @@
 //! detector binary are, and checks that fail loudly instead of skipping.
 pub mod accuracy;
 pub mod breakpoints;
+pub mod corpus;
 pub mod http;
 pub mod schema;
 pub mod soak;

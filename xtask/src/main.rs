@@ -4,6 +4,7 @@
 //! Every task installs what it needs and skips what is already there, so that the
 //! README's two commands work on a fresh machine and cost little on a warm one.
 mod bench;
+mod corpus;
 mod dist;
 mod fixtures;
 mod fuzz;
@@ -134,7 +135,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Setup => setup::all().map(|_| ()),
+        // The test corpus only where the tests may run: not for the demo.
+        Cmd::Setup => setup::all().and_then(|_| corpus::install()),
         Cmd::Fixtures { go } => {
             let tools = setup::all()?;
             fixtures::build_all(&tools, &go)
@@ -198,6 +200,7 @@ fn cargo(tools: &setup::Tools) -> Command {
 
 fn test(extra: &[String]) -> Result<()> {
     let tools = setup::all()?;
+    corpus::install()?;
     fixtures::build_all(&tools, &[])?;
     let root = workspace_root();
     eprintln!("xtask: cargo fmt --check");

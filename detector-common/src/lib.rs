@@ -61,6 +61,9 @@ pub enum ArgMode {
     /// The code pointer of the closure in the second `any` argument (RCX type, RDI
     /// data -> funcval -> PC): the finalizer function passed to `runtime.SetFinalizer`.
     FinalizerFn = 4,
+    /// Third integer argument (RCX): the length of the PC buffer passed to
+    /// `runtime.callers(skip, pcbuf)`.
+    Rcx = 5,
 }
 
 impl ArgMode {
@@ -70,6 +73,7 @@ impl ArgMode {
             2 => ArgMode::Dil,
             3 => ArgMode::RateAndWhich,
             4 => ArgMode::FinalizerFn,
+            5 => ArgMode::Rcx,
             _ => ArgMode::None,
         }
     }

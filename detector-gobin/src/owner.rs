@@ -14,7 +14,9 @@
 //!   packages are the runtime's.
 //! - A GOPATH-mode build (Debian packages Go 1.19 programs this way) lists no
 //!   modules: the main package's path (`path` line) then stands for the main module,
-//!   and other dotted paths are dependencies of unknown module.
+//!   cut before a `/cmd/` element (Go's layout for a repository's commands:
+//!   `github.com/syncthing/syncthing/cmd/syncthing` is syncthing's), and other
+//!   dotted paths are dependencies of unknown module.
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
@@ -47,7 +49,8 @@ impl Owner {
 pub struct Ownership {
     /// Module paths, the main module first (may be empty).
     modules: Vec<String>,
-    /// The main package's import path (`path` line), for GOPATH-mode builds.
+    /// The main package's import path (`path` line) up to any `/cmd/` element, for
+    /// GOPATH-mode builds.
     main_package: Option<String>,
 }
 
@@ -60,9 +63,10 @@ pub struct Owned<'a> {
 
 impl Ownership {
     pub fn new(modules: &[String], main_package: Option<&str>) -> Ownership {
+        let root = |p: &str| p.split_once("/cmd/").map_or(p, |(r, _)| r).to_owned();
         Ownership {
             modules: modules.to_vec(),
-            main_package: main_package.map(str::to_owned),
+            main_package: main_package.map(root),
         }
     }
 
@@ -235,5 +239,15 @@ mod tests {
             Owner::Dependency
         );
         assert_eq!(o.of("os.newFile").owner, Owner::Std);
+        let o = Ownership::new(&[], Some("github.com/syncthing/syncthing/cmd/syncthing"));
+        assert_eq!(
+            o.of("github.com/syncthing/syncthing/lib/api.(*service).getSystemStatus")
+                .owner,
+            Owner::Main
+        );
+        assert_eq!(
+            o.of("github.com/syncthing/notify.Watch").owner,
+            Owner::Dependency
+        );
     }
 }

@@ -65,6 +65,9 @@ apis! {
     Caller = "caller",
     Callers = "callers",
     FuncForPc = "funcforpc",
+    /// Symbolizing PCs, `runtime.CallersFrames(pcs).Next()`: what slog's AddSource
+    /// pays per record (it captures one PC always, and symbolizes it only then).
+    CallersFrames = "callersframes",
     NumGoroutine = "numgoroutine",
     SetGcPercent = "setgcpercent",
     SetMemoryLimit = "setmemorylimit",
@@ -162,6 +165,7 @@ impl Api {
             Api::Caller => "runtime.Caller",
             Api::Callers => "runtime.Callers",
             Api::FuncForPc => "runtime.FuncForPC",
+            Api::CallersFrames => "runtime.CallersFrames",
             Api::NumGoroutine => "runtime.NumGoroutine",
             Api::SetGcPercent => "debug.SetGCPercent",
             Api::SetMemoryLimit => "debug.SetMemoryLimit",
@@ -202,6 +206,7 @@ impl Api {
             Api::Caller => Symbol("runtime.Caller"),
             Api::Callers => Symbol("runtime.callers"),
             Api::FuncForPc => Symbol("runtime.FuncForPC"),
+            Api::CallersFrames => Symbol("runtime.(*Frames).Next"),
             Api::NumGoroutine => Inlined {
                 callee: "runtime.NumGoroutine",
             },
@@ -243,6 +248,7 @@ impl Api {
             | Api::SetGcPercent
             | Api::SetMemoryLimit => Probe::Call(Rax),
             Api::Stack => Probe::Call(Dil),
+            Api::Callers => Probe::Call(Rcx),
             Api::SetFinalizer => Probe::Call(FinalizerFn),
             Api::SaveBlockEvent => Probe::Call(RateAndWhich),
             Api::NumGoroutine => Probe::InlinedSites,
@@ -298,6 +304,7 @@ impl Api {
             Api::SetGcPercent => "percent",
             Api::SetMemoryLimit => "limit",
             Api::Stack => "all",
+            Api::Callers => "len(pc)",
             Api::SetFinalizer => "finalizer",
             Api::SaveBlockEvent => "rate and profile",
             _ => "",

@@ -26,6 +26,10 @@ pub struct Culprit {
     /// client polling an endpoint, a timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driven_by: Option<String>,
+    /// With `driven_by`: the program function the request went through before the
+    /// standard library dispatched it to `function` (a middleware wrapping a mux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
     /// Functions from the culprit down to the API, the culprit first.
     pub path: Vec<String>,
     /// The stack was deeper than the kernel walks: outer frames are unknown.
@@ -122,35 +126,41 @@ pub fn judge_path(
         p.push(api.name().to_string());
         p
     };
-    let culprit = match culprit_at {
-        Some(i) => {
-            let f = frames[i];
-            Some(Culprit {
-                function: f.function.clone(),
-                file: f.file.clone(),
-                line: f.line,
-                owner: f.owner,
-                module: f.module.clone(),
-                driven_by: None,
-                path: path(i),
-                truncated,
-            })
+    let culprit_of = |i: usize, driven_by: Option<String>, within: Option<String>| {
+        let f = frames[i];
+        Culprit {
+            function: f.function.clone(),
+            file: f.file.clone(),
+            line: f.line,
+            owner: f.owner,
+            module: f.module.clone(),
+            driven_by,
+            within,
+            path: path(i),
+            truncated,
         }
-        None => std_entry(frames).map(|(i, driven_by)| {
-            let f = frames[i];
-            Culprit {
-                function: f.function.clone(),
-                file: f.file.clone(),
-                line: f.line,
-                owner: f.owner,
-                module: None,
-                driven_by,
-                path: path(i),
-                truncated,
-            }
-        }),
+    };
+    let culprit = match culprit_at {
+        // The program handed a request back to the package that serves it (a
+        // middleware calling net/http's mux, which dispatched to expvar's or pprof's
+        // handler): the cost is that handler's, reached by whoever sends the request.
+        Some(i) if !truncated && i > 0 && redispatched(frames, i) => std_entry(&frames[..i])
+            .map(|(j, d)| culprit_of(j, d, Some(frames[i].function.clone())))
+            .or_else(|| Some(culprit_of(i, None, None))),
+        Some(i) => Some(culprit_of(i, None, None)),
+        None => std_entry(frames).map(|(i, driven_by)| culprit_of(i, driven_by, None)),
     };
     (culprit, excluded)
+}
+
+/// Whether the standard-library frames right below the program frame `i` belong to
+/// the package at the root of the goroutine (net/http's connection goroutine): the
+/// program called back into the package that serves it, which then dispatched.
+fn redispatched(frames: &[&Frame], i: usize) -> bool {
+    let pkg = |f: &Frame| crate::gobin::owner::package_of(&f.function).map(str::to_owned);
+    let below = frames[i - 1];
+    let root = frames.iter().rev().find(|f| f.owner != Owner::Runtime);
+    below.owner == Owner::Std && root.is_some_and(|r| r.owner == Owner::Std && pkg(r) == pkg(below))
 }
 
 /// In a stack of runtime and standard-library frames only: the entry point, the
@@ -251,6 +261,57 @@ mod tests {
         assert_eq!(c.function, "expvar.expvarHandler");
         assert_eq!(c.driven_by.as_deref(), Some("net/http"));
         assert_eq!(ex, None, "judged by cost: counted");
+    }
+
+    #[test]
+    fn a_handler_behind_program_middleware_is_the_culprit() {
+        use Owner::*;
+        let (c, _) = judge(
+            Api::Stack,
+            "runtime.Stack",
+            &[
+                frame("runtime/pprof.writeGoroutineStacks", Std),
+                frame("net/http/pprof.handler.ServeHTTP", Std),
+                frame("net/http/pprof.Index", Std),
+                frame("net/http.HandlerFunc.ServeHTTP", Std),
+                frame("net/http.(*ServeMux).ServeHTTP", Std),
+                frame(
+                    "github.com/prometheus/exporter-toolkit/web.(*webHandler).ServeHTTP",
+                    Dependency,
+                ),
+                frame("net/http.serverHandler.ServeHTTP", Std),
+                frame("net/http.(*conn).serve", Std),
+                frame("runtime.goexit", Runtime),
+            ],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.function, "net/http/pprof.Index");
+        assert_eq!(c.driven_by.as_deref(), Some("net/http"));
+        assert_eq!(
+            c.within.as_deref(),
+            Some("github.com/prometheus/exporter-toolkit/web.(*webHandler).ServeHTTP")
+        );
+        // Program code that calls a library (fmt, log) is the culprit itself.
+        let (c, _) = judge(
+            Api::ReadMemStats,
+            "runtime.ReadMemStats",
+            &[
+                frame("expvar.memstats", Std),
+                frame("fmt.Fprintf", Std),
+                frame(
+                    "go.etcd.io/etcd/etcdserver/api/etcdhttp.serveVars.func1",
+                    Main,
+                ),
+                frame("expvar.Do", Std),
+                frame("go.etcd.io/etcd/etcdserver/api/etcdhttp.serveVars", Main),
+                frame("net/http.HandlerFunc.ServeHTTP", Std),
+                frame("net/http.(*conn).serve", Std),
+            ],
+        );
+        assert_eq!(
+            c.unwrap().function,
+            "go.etcd.io/etcd/etcdserver/api/etcdhttp.serveVars.func1"
+        );
     }
 
     #[test]

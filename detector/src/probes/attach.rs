@@ -342,6 +342,15 @@ impl Probes {
         } else {
             paused.insert(call_id, 1, 0).is_ok()
         };
+        // The programs look at `PAUSED` only while it holds something: its size, after
+        // the change (a pause takes effect once both are written).
+        let n = paused.keys().map_while(Result::ok).count() as u32;
+        let count_set = self
+            .ebpf
+            .map_mut("PAUSED_COUNT")
+            .and_then(|m| aya::maps::Array::<&mut MapData, u32>::try_from(m).ok())
+            .is_some_and(|mut a| a.set(0, n, 0).is_ok());
+        let done = done && count_set;
         if !done {
             log::warn!(
                 "could not {} counting by probe {call_id}",

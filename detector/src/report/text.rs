@@ -272,11 +272,16 @@ pub fn culprit_text(c: &Culprit) -> String {
         (Owner::Foreign, _) => "not Go code".to_string(),
     };
     let mut t = format!("{} ({}:{}, {owner})", c.function, c.file, c.line);
-    if let Some(d) = &c.driven_by {
-        t.push_str(&format!(
+    match (&c.driven_by, &c.within) {
+        (Some(d), Some(w)) => t.push_str(&format!(
+            ", dispatched by {d} for a request that went through {w}: something sends those \
+             requests (a client polling an endpoint)"
+        )),
+        (Some(d), None) => t.push_str(&format!(
             ", entered from {d}: no program code on the stack, so something drives {d} to call it \
              (a client polling an endpoint, a timer)"
-        ));
+        )),
+        _ => {}
     }
     if c.truncated {
         t.push_str(" (stack deeper than walked)");

@@ -1,7 +1,9 @@
-//! Catalog case 11: runtime.Caller (and Callers/FuncForPC) on every log line. Each
-//! call unwinds the stack and symbolises a PC through the pclntab (about 1-2 µs).
-//! The standard library's own callers (log with Lshortfile, testing) are not the
-//! user's code and are ignored.
+//! Catalog case 11: runtime.Caller (and Callers/FuncForPC/CallersFrames) on every log
+//! line. Each call unwinds the stack or symbolises a PC through the pclntab (about
+//! 1-2 µs), whoever makes it: `log` with Lshortfile counts, with the handler that logs
+//! as the culprit. A one-PC `runtime.Callers` capture is not counted: log/slog takes
+//! one for every record and symbolises it (runtime.(*Frames).Next, counted) only
+//! with AddSource.
 use super::features::{self, Feature};
 use super::{
     active_fraction, counted_calls, cpu_severity, fmt_pct, from_text, shared, site_lines, Finding,
@@ -14,16 +16,16 @@ pub const CALLER_PER_SECOND: Param = Param {
     key: "caller_per_second",
     default: 1000.0,
     whole: false,
-    doc: "runtime.Caller/Callers/FuncForPC calls per second that make a finding",
+    doc: "runtime.Caller/Callers/FuncForPC/CallersFrames calls per second that make a finding",
 };
 
 pub const RULE: Rule = Rule {
     id: "caller-hot-path",
     catalog_case: Some(11),
     title: "runtime.Caller on a hot path",
-    observes: "calls to runtime.Caller, runtime.Callers and runtime.FuncForPC, per second",
+    observes: "calls to runtime.Caller, runtime.Callers (with more than one PC), runtime.FuncForPC and runtime.(*Frames).Next, per second",
     params: &[&CALLER_PER_SECOND, &shared::SUSTAINED_FRACTION],
-    needs: &[Api::Caller, Api::Callers, Api::FuncForPc],
+    needs: &[Api::Caller, Api::Callers, Api::FuncForPc, Api::CallersFrames],
     judge,
     fixture_case: "caller",
 };
@@ -35,7 +37,11 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
     let found: Vec<_> = RULE
         .needs
         .iter()
-        .filter_map(|a| counted_calls(c, *a, |_| true))
+        .filter_map(|a| match a {
+            // len(pc) is the recorded argument: one PC is a capture, not an unwind.
+            Api::Callers => counted_calls(c, *a, |len| len != 1),
+            _ => counted_calls(c, *a, |_| true),
+        })
         .collect();
     let rate: f64 = found.iter().map(|u| u.per_second).sum();
     if rate < t.get(&CALLER_PER_SECOND) {

@@ -22,6 +22,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
     },
     macros::{map, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -125,14 +126,24 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
     if cookie & COOKIE_FORCED_GC_ENTER != 0 {
         forced_gc_add(tgid_tid().0, 1);
     }
+    let Some(chunk) = WALK.get_ptr_mut(0) else {
+        return 0;
+    };
+    let mut w = Walk {
+        chunk: unsafe { &mut *chunk },
+        base: 0,
+        have: false,
+        chunks_ok: true,
+    };
     // The probe sits before the frame is set up, so [RSP] is the return address;
     // inside a function (an inlined call) the probed instruction is the call site.
+    // The chunk read at RSP usually holds the calling function's frame as well.
     let caller = if cookie & COOKIE_CALLER_IS_IP != 0 {
         regs.rip + 1
     } else {
-        match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
-            Ok(ret) => ret,
-            Err(_) => {
+        match w.word_at(regs.rsp) {
+            Some(ret) => ret,
+            None => {
                 count_error(errors::READ_CALLER_FAILED);
                 0
             }
@@ -145,7 +156,7 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
     let mut stack = Stack {
         frames: [0; STACK_FRAMES],
     };
-    let hash = walk_stack(regs.rbp, &mut stack);
+    let hash = walk_stack(regs.rbp, &mut stack, &mut w);
     let key = CallKey {
         tgid,
         probe: cookie as u32,
@@ -168,14 +179,74 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Bytes of the target's stack copied at once: one read (a helper call, about 25 ns
+/// whatever its size up to here) usually holds several Go frames, which are small.
+const CHUNK_WORDS: usize = 64;
+const CHUNK_BYTES: u64 = (CHUNK_WORDS * 8) as u64;
+
+#[repr(C)]
+pub struct Chunk {
+    words: [u64; CHUNK_WORDS],
+}
+
+/// Per-CPU scratch for the stack walk (too large for the 512-byte eBPF stack).
+#[map]
+static WALK: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reads of the target's stack through one copied chunk.
+struct Walk<'a> {
+    chunk: &'a mut Chunk,
+    /// Target address of `chunk.words[0]`, when `have`.
+    base: u64,
+    have: bool,
+    /// A chunk read failed (the end of a mapping, or a page not present): from then
+    /// on read words one frame at a time.
+    chunks_ok: bool,
+}
+
+impl Walk<'_> {
+    /// The word at `addr` and the next one.
+    #[inline(always)]
+    fn pair_at(&mut self, addr: u64) -> Option<(u64, u64)> {
+        let off = addr.wrapping_sub(self.base);
+        if !(self.have && off <= CHUNK_BYTES - 16 && off & 7 == 0) {
+            self.have = false;
+            if self.chunks_ok {
+                let bytes = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        self.chunk.words.as_mut_ptr() as *mut u8,
+                        CHUNK_BYTES as usize,
+                    )
+                };
+                if unsafe { bpf_probe_read_user_buf(addr as *const u8, bytes) }.is_ok() {
+                    self.base = addr;
+                    self.have = true;
+                } else {
+                    self.chunks_ok = false;
+                }
+            }
+            if !self.have {
+                let f = unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()?;
+                return Some((f[0], f[1]));
+            }
+        }
+        let i = (addr.wrapping_sub(self.base) >> 3) as usize;
+        Some((*self.chunk.words.get(i)?, *self.chunk.words.get(i + 1)?))
+    }
+
+    #[inline(always)]
+    fn word_at(&mut self, addr: u64) -> Option<u64> {
+        self.pair_at(addr).map(|(w, _)| w)
+    }
+}
+
 /// Walks the frame-pointer chain from `fp` (at most [`STACK_FRAMES`] frames) into
 /// `stack` and returns the frames' hash (0 when no frame could be read). Each frame
-/// is one 16-byte read of {saved RBP, return address}, about 25 ns; the walk stops
-/// at a zero return address, an unreadable frame, or a saved RBP that does not point
-/// further up the stack (the goroutine's first frame has none; this also stops
-/// loops in a corrupt chain).
+/// is {saved RBP, return address}; the walk stops at a zero return address, an
+/// unreadable frame, or a saved RBP that does not point further up the stack (the
+/// goroutine's first frame has none; this also stops loops in a corrupt chain).
 #[inline(always)]
-fn walk_stack(mut fp: u64, stack: &mut Stack) -> u64 {
+fn walk_stack(mut fp: u64, stack: &mut Stack, w: &mut Walk) -> u64 {
     let mut hash = STACK_HASH_SEED;
     let mut read = 0;
     let mut ended = false;
@@ -184,11 +255,10 @@ fn walk_stack(mut fp: u64, stack: &mut Stack) -> u64 {
             ended = true;
             break;
         }
-        let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        let Some((next, ret)) = w.pair_at(fp) else {
             ended = true;
             break;
         };
-        let (next, ret) = (frame[0], frame[1]);
         if ret == 0 {
             ended = true;
             break;

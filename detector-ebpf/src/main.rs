@@ -153,10 +153,7 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
     // At the probe, RBP is the calling function's frame pointer (the probe sits before
     // the callee's own `push rbp`; an inlined site's probe is inside the caller, after
     // its prologue): [RBP+8] is where the caller returns to, and so on outwards.
-    let mut stack = Stack {
-        frames: [0; STACK_FRAMES],
-    };
-    let hash = walk_stack(regs.rbp, &mut stack, &mut w);
+    let (hash, read) = walk_stack(regs.rbp, &mut w);
     let key = CallKey {
         tgid,
         probe: cookie as u32,
@@ -168,7 +165,7 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
         unsafe { *n += 1 };
         return 0;
     }
-    store_stack(tgid, hash, &stack);
+    store_stack(tgid, hash, read, &mut w.chunk.stack);
     if CALLS.insert(&key, &1, BPF_NOEXIST as u64).is_err() {
         // Lost a race with another insert on this CPU's slot, or the map is full.
         match CALLS.get_ptr_mut(&key) {
@@ -187,6 +184,9 @@ const CHUNK_BYTES: u64 = (CHUNK_WORDS * 8) as u64;
 #[repr(C)]
 pub struct Chunk {
     words: [u64; CHUNK_WORDS],
+    /// The frames walked, valid up to the walk's count (zeroed past it only when
+    /// stored: most hits never store theirs).
+    stack: Stack,
 }
 
 /// Per-CPU scratch for the stack walk (too large for the 512-byte eBPF stack).
@@ -246,7 +246,7 @@ impl Walk<'_> {
 /// unreadable frame, or a saved RBP that does not point further up the stack (the
 /// goroutine's first frame has none; this also stops loops in a corrupt chain).
 #[inline(always)]
-fn walk_stack(mut fp: u64, stack: &mut Stack, w: &mut Walk) -> u64 {
+fn walk_stack(mut fp: u64, w: &mut Walk) -> (u64, usize) {
     let mut hash = STACK_HASH_SEED;
     let mut read = 0;
     let mut ended = false;
@@ -263,7 +263,7 @@ fn walk_stack(mut fp: u64, stack: &mut Stack, w: &mut Walk) -> u64 {
             ended = true;
             break;
         }
-        if let Some(slot) = stack.frames.get_mut(i) {
+        if let Some(slot) = w.chunk.stack.frames.get_mut(i) {
             *slot = ret;
         }
         hash = stack_hash(hash, ret);
@@ -275,20 +275,27 @@ fn walk_stack(mut fp: u64, stack: &mut Stack, w: &mut Walk) -> u64 {
         fp = next;
     }
     if read == 0 {
-        return 0;
+        return (0, 0);
     }
     if !ended {
         count_error(errors::STACK_TRUNCATED);
     }
-    hash
+    (hash, read)
 }
 
-/// Stores a stack the first time a call key names it (a known key's stack is
-/// already there, so the hot path never touches this map).
+/// Stores a stack (its first `read` frames) the first time a call key names it (a
+/// known key's stack is already there, so the hot path never touches this map).
 #[inline(always)]
-fn store_stack(tgid: u32, hash: u64, stack: &Stack) {
+fn store_stack(tgid: u32, hash: u64, read: usize, stack: &mut Stack) {
     if hash == 0 {
         return;
+    }
+    for i in 0..STACK_FRAMES {
+        if i >= read {
+            if let Some(slot) = stack.frames.get_mut(i) {
+                *slot = 0;
+            }
+        }
     }
     let key = StackKey {
         tgid,

@@ -361,7 +361,23 @@ impl Checks {
     /// A finding of `rule`, with `culprit` when given.
     pub fn finding(&mut self, report: &Value, rule: &str, culprit: Option<&Culprit>, what: &str) {
         let r = check_finding(report, rule, culprit, what);
-        self.record(what, r);
+        // The passed line names what was found, for the corpus table.
+        let found = report["findings"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["rule"] == rule))
+            .map(|f| {
+                let c = &f["culprit"];
+                format!(
+                    "{what} → {rule} [{}], culprit {} ({}, driven by {}, within {})",
+                    f["severity"].as_str().unwrap_or("?"),
+                    c["function"].as_str().unwrap_or("-"),
+                    c["owner"].as_str().unwrap_or("-"),
+                    c["driven_by"].as_str().unwrap_or("-"),
+                    c["within"].as_str().unwrap_or("-"),
+                )
+            })
+            .unwrap_or_else(|| what.to_string());
+        self.record(&found, r);
     }
 
     /// Panics with every failed check, after listing the passed ones.

@@ -8,7 +8,11 @@
 //! culprit is the standard library's entry point, named with what drives it.
 use serde::{Deserialize, Serialize};
 
-use crate::{apis::Api, gobin::owner::Owner, target::Frame};
+use crate::{
+    apis::{Api, Probe},
+    gobin::owner::Owner,
+    target::Frame,
+};
 
 /// The code to change for a call, and the way from it down to the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +84,15 @@ pub(super) fn is_api_frame(api: Api, symbol: &str, f: &Frame) -> bool {
             .is_some_and(|pkg_dir| pkg_dir.ends_with('/'))
 }
 
+/// Whether `f` is the API's own code, or that of an API seen through this one
+/// (runtime.Caller, whose calls are seen at its runtime.(*Frames).Next call).
+fn is_own_frame(api: Api, symbol: &str, f: &Frame) -> bool {
+    is_api_frame(api, symbol, f)
+        || Api::ALL.iter().any(|&other| {
+            other.probe() == Probe::ObservedThrough(api) && is_api_frame(other, "", f)
+        })
+}
+
 /// The culprit and exclusion of one calling stack of `api` (probed at `symbol`),
 /// `frames` innermost first, starting at the call site. `probed` are the symbols of
 /// every probed API with the API each stands for.
@@ -94,10 +107,17 @@ pub fn judge_path(
     // site, or, for a probe on an inlined body, the API and what was inlined into it
     // (Go 1.26 inlines runtime.gcount into NumGoroutine): everything up to the
     // outermost API frame.
-    let own = frames
-        .iter()
-        .rposition(|f| is_api_frame(api, symbol, f))
-        .map_or(0, |i| i + 1);
+    let own_at = frames.iter().rposition(|f| is_own_frame(api, symbol, f));
+    // The path ends in what the program called: runtime.Caller rather than the
+    // Frames.Next it is seen through.
+    let called = own_at
+        .and_then(|i| {
+            Api::ALL.iter().copied().find(|&other| {
+                other.probe() == Probe::ObservedThrough(api) && is_api_frame(other, "", frames[i])
+            })
+        })
+        .unwrap_or(api);
+    let own = own_at.map_or(0, |i| i + 1);
     let frames = &frames[own..];
     let Some(first) = frames.first() else {
         return (None, None);
@@ -123,7 +143,7 @@ pub fn judge_path(
             .map(|f| f.function.clone())
             .collect();
         p.dedup();
-        p.push(api.name().to_string());
+        p.push(called.name().to_string());
         p
     };
     let culprit_of = |i: usize, driven_by: Option<String>, within: Option<String>| {
@@ -372,5 +392,17 @@ mod tests {
         let c = c.unwrap();
         assert_eq!((c.function.as_str(), ex), ("main.dispatch", None));
         assert_eq!(c.path, ["main.dispatch", "runtime.NumGoroutine"]);
+        // runtime.Caller is seen at its Frames.Next call: Caller is the API's own.
+        let (c, ex) = judge(
+            Api::CallersFrames,
+            "runtime.(*Frames).Next",
+            &[
+                frame("runtime.Caller", Runtime),
+                frame("main.logLine", Main),
+            ],
+        );
+        let c = c.unwrap();
+        assert_eq!((c.function.as_str(), ex), ("main.logLine", None));
+        assert_eq!(c.path, ["main.logLine", "runtime.Caller"]);
     }
 }

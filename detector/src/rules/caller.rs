@@ -3,7 +3,8 @@
 //! 1-2 µs), whoever makes it: `log` with Lshortfile counts, with the handler that logs
 //! as the culprit. A one-PC `runtime.Callers` capture is not counted: log/slog takes
 //! one for every record and symbolises it (runtime.(*Frames).Next, counted) only
-//! with AddSource.
+//! with AddSource. runtime.Caller itself is seen through its own Frames.Next call
+//! (no probe of its own: it would be a third hit per call), with Caller on the path.
 use super::features::{self, Feature};
 use super::{
     active_fraction, counted_calls, cpu_severity, fmt_pct, from_text, shared, site_lines, Finding,
@@ -74,7 +75,12 @@ fn judge(c: &Collected, t: &Thresholds) -> Vec<Finding> {
         title: RULE.title.into(),
         summary: format!(
             "{} {rate:.0}/s{} spends about {} of a core unwinding and symbolising stacks",
-            main.stats.api,
+            // Caller is seen through its Frames.Next: name what the program called,
+            // where the culprit's path ends.
+            site.as_ref()
+                .and_then(|s| s.culprit.as_ref())
+                .and_then(|c| c.path.last())
+                .map_or(main.stats.api.as_str(), |f| f.as_str()),
             site.as_ref().map(from_text).unwrap_or_default(),
             fmt_pct(core)
         ),

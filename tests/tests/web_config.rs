@@ -5,7 +5,6 @@
 //! bad files refused at start with exit code 12. /findings served over TLS is checked
 //! against schema/diagnosis.schema.json.
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -98,28 +97,8 @@ fn make_certs(dir: &Dir, name: &str) {
 
 /// Starts `detector watch` with `web_config`; its address (host:port).
 fn start_watch(web_config: &Path, exe_glob: &str) -> (Proc, String) {
-    let mut watch = Command::new(detector_bin())
-        .args(["watch", "--listen", "127.0.0.1:0", "--interval", "500ms"])
-        .args(["--window", "10s", "--exe", exe_glob])
-        .arg("--web-config")
-        .arg(web_config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start detector watch");
-    let stderr = watch.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split("https://")
-                .nth(1)
-                .and_then(|r| r.split('/').next())
-                .map(str::to_string)
-        })
-        .expect("watch prints the https address it serves");
-    std::thread::spawn(move || for _ in lines {});
+    let args = [std::ffi::OsStr::new("--web-config"), web_config.as_os_str()];
+    let (watch, addr) = detector_tests::start_watch(exe_glob, &args, "https");
     (Proc(watch), addr)
 }
 

@@ -227,3 +227,23 @@ pub fn start_watch(
     std::thread::spawn(move || for _ in lines {});
     (watch, addr)
 }
+
+/// Every sample name `detector watch`'s exporter can produce (counters with `_total`,
+/// histograms with their series), from its text exposition.
+pub fn exported_names() -> std::collections::BTreeSet<String> {
+    use detector::watch::{agent::Exported, metrics::render_text};
+    let text = render_text(Exported::default());
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("name and type");
+            names.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}

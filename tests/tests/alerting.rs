@@ -3,7 +3,7 @@
 //! watch` exports, and shown by the Grafana dashboard.
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use detector::watch::{agent::Exported, metrics::render_text};
+use detector_tests::exported_names;
 
 fn prometheus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
@@ -42,24 +42,6 @@ fn rules_are_valid() {
 fn rules_pass_their_unit_tests() {
     let out = promtool(&["test", "rules", "detector-rules.test.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
-}
-
-/// Every sample name the exporter can produce (counters with `_total`).
-fn exported_names() -> BTreeSet<String> {
-    let text = render_text(Exported::default());
-    let mut names = BTreeSet::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("name and type");
-            names.insert(name.to_string());
-            if kind == "histogram" {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{name}{suffix}"));
-                }
-            }
-        }
-    }
-    names
 }
 
 /// The PromQL of every `expr:` in a rule file (single-line or a block scalar).

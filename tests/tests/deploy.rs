@@ -1,33 +1,15 @@
 //! The deployment files under deploy/ stay in step with what detector exports: the
 //! Grafana dashboard parses and queries only metrics that exist; the DaemonSet and the
 //! systemd unit grant the capabilities the README documents.
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{fs, path::Path};
 
-use detector::watch::{agent::Exported, metrics::render_text};
+use detector_tests::exported_names;
 
 fn deploy(file: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
         .join(file);
     fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// Every sample name the exporter can produce.
-fn exported_names() -> BTreeSet<String> {
-    let text = render_text(Exported::default());
-    let mut names = BTreeSet::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("name and type");
-            names.insert(name.to_string());
-            if kind == "histogram" {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{name}{suffix}"));
-                }
-            }
-        }
-    }
-    names
 }
 
 fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {

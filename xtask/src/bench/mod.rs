@@ -16,7 +16,8 @@
 //!
 //! Needs root (uprobes). For work on the harness: `XTASK_BENCH_ONLY=row,row` (perhit,
 //! throughput, agent, large, stw) runs only those rows and prints them without writing
-//! BENCHMARKS.md; `XTASK_BENCH_DETECTOR=PATH` measures that detector binary instead of
+//! BENCHMARKS.md; `XTASK_BENCH_RATES=100000` runs row 2 at those rates only;
+//! `XTASK_BENCH_DETECTOR=PATH` measures that detector binary instead of
 //! a fresh release build.
 mod agent;
 mod big;

@@ -247,7 +247,7 @@ fn targets(
         Some((go, per_hit, x)) => writeln!(
             md,
             "| per-hit cost on Go 1.19 within {t}× of the newest Go's | Go {go}: {per_hit:.0} ns \
-             a hit, {} the newest's | {} |",
+             a hit, {}× the newest's | {} |",
             ratio(x),
             verdict(Some(x <= perhit::OLDEST_PER_HIT_TARGET)),
             t = perhit::OLDEST_PER_HIT_TARGET,

@@ -126,24 +126,24 @@ pub fn measure(env: &Env, hitbench: &Path, bpftrace: Result<&PathBuf, &String>) 
         Some(o) => Some(probe_addresses(&env.detector, &o.hitbench, SYMBOL)?),
         None => None,
     };
+    // detector's runs of both versions back to back, then the slow bpftrace runs: on
+    // a loaded machine, the two per-hit costs compared are taken close together.
     for round in 1..=ROUNDS {
-        r.newest.round(env, round, &addr, bpftrace)?;
+        r.newest.round(env, round, &addr)?;
         if let (Some(o), Some(a)) = (&mut r.oldest, &old_addr) {
-            o.round(env, round, a, bpftrace)?;
+            o.round(env, round, a)?;
+        }
+        r.newest.bpftrace_round(round, &addr, bpftrace);
+        if let (Some(o), Some(a)) = (&mut r.oldest, &old_addr) {
+            o.bpftrace_round(round, a, bpftrace);
         }
     }
     Ok(r)
 }
 
 impl Series {
-    /// One run of each configuration.
-    fn round(
-        &mut self,
-        env: &Env,
-        round: usize,
-        addr: &Addresses,
-        bpftrace: Result<&PathBuf, &String>,
-    ) -> Result<()> {
+    /// One bare run and one under detector.
+    fn round(&mut self, env: &Env, round: usize, addr: &Addresses) -> Result<()> {
         let go = &self.go;
         let bare = bare_run(&self.hitbench, self.calls).context("bare hitbench run")?;
         eprintln!(
@@ -166,7 +166,17 @@ impl Series {
             shown(det.hits)
         );
         self.detector.push(det);
+        Ok(())
+    }
 
+    /// One run under bpftrace, unless it is unavailable or already failed.
+    fn bpftrace_round(
+        &mut self,
+        round: usize,
+        addr: &Addresses,
+        bpftrace: Result<&PathBuf, &String>,
+    ) {
+        let go = &self.go;
         if let (Ok(runs), Ok(bin)) = (&mut self.bpftrace, bpftrace) {
             match bpftrace_run(bin, &self.hitbench, self.calls, addr) {
                 Ok(run) => {
@@ -183,7 +193,6 @@ impl Series {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -324,6 +333,7 @@ pub fn render(md: &mut String, hitbench: &Path, r: &PerHit) -> Result<()> {
             .to_string()
     };
     writeln!(md, "\n## 1. Per-hit cost on the target\n")?;
+    let n = &r.newest;
     writeln!(
         md,
         "`{} -fn gomaxprocs -n {calls}` calls `{SYMBOL}(0)` {calls} times in a tight \
@@ -335,7 +345,6 @@ pub fn render(md: &mut String, hitbench: &Path, r: &PerHit) -> Result<()> {
         rel(hitbench),
         calls = thousands(CALLS),
     )?;
-    let n = &r.newest;
     writeln!(md, "Go {}:\n", n.go)?;
     let (det, bt) = table(md, n)?;
     let bare = n.bare_median();
@@ -366,7 +375,7 @@ pub fn render(md: &mut String, hitbench: &Path, r: &PerHit) -> Result<()> {
         if let Some((go, per_hit, x)) = r.oldest_ratio() {
             writeln!(
                 md,
-                "detector's cost per hit on Go {go}: {per_hit:.0} ns, **{}** Go {}'s \
+                "detector's cost per hit on Go {go}: {per_hit:.0} ns, **{}×** Go {}'s \
                  (target: at most {OLDEST_PER_HIT_TARGET}×).",
                 ratio(x),
                 n.go

@@ -93,6 +93,29 @@ pub const COOKIE_FORCED_GC_ENTER: u64 = 1 << 40;
 /// for every call site, and so lands on the probed instruction itself).
 pub const COOKIE_CALLER_IS_IP: u64 = 1 << 41;
 
+/// Cookie flag of any entry probe (`count_call`, `stw_reason`, `stw_start`,
+/// `stw_restart`) placed on the stack check's JBE rather than after it (where the
+/// instruction after the check is one the kernel would single-step: Go 1.19). The
+/// program sees the flags of the stack check's CMP: when the jump will be taken
+/// ([`jbe_taken`]) the function goes to morestack and is re-entered from its start,
+/// so that hit is not a call and is ignored. Other cookie bits never reach bit 60.
+pub const COOKIE_ON_STACK_CHECK: u64 = 1 << 60;
+
+/// x86 RFLAGS carry (CF) and zero (ZF) flags.
+pub const FLAGS_CF: u64 = 1 << 0;
+pub const FLAGS_ZF: u64 = 1 << 6;
+
+/// Whether a JBE is taken with these flags (CF = 1 or ZF = 1).
+pub const fn jbe_taken(flags: u64) -> bool {
+    flags & (FLAGS_CF | FLAGS_ZF) != 0
+}
+
+/// Whether a hit of a probe with this cookie, in this RFLAGS, is the failed stack
+/// check of a call that will be re-entered after morestack (not to be counted).
+pub const fn morestack_bound(cookie: u64, flags: u64) -> bool {
+    cookie & COOKIE_ON_STACK_CHECK != 0 && jbe_taken(flags)
+}
+
 /// Set in [`StwKey::reason`] when a GC pause happened while a goroutine of the process
 /// was inside `runtime.GC` (directly or through `debug.FreeOSMemory`): a forced
 /// collection, not one the pacer started.

@@ -1,7 +1,8 @@
 //! Kernel side of detector: small uprobe programs that count and time, nothing more.
 //!
-//! - `count_call`: one per probed runtime function (after its stack-check prologue, so
-//!   a morestack re-entry is not counted twice). Counts by (process, probe, caller,
+//! - `count_call`: one per probed runtime function, after its stack-check prologue or,
+//!   where the instruction there would be single-stepped (Go 1.19), on the check's
+//!   JBE, ignoring the hits that go to morestack: a re-entered call counts once. Counts by (process, probe, caller,
 //!   argument, calling stack) in a per-CPU hash: no event stream, no per-call copy to
 //!   user space. The stack is walked along Go's frame pointers and stored once, by
 //!   hash, in `STACKS`.
@@ -13,6 +14,10 @@
 //! - `forced_gc_exit`: on every RET of `runtime.GC`. With the flagged `count_call` at its
 //!   entry it keeps a per-process depth of forced collections, so GC pauses inside
 //!   `runtime.GC` (or `debug.FreeOSMemory`) are told apart from the pacer's own.
+//!
+//! Every entry probe whose cookie has `COOKIE_ON_STACK_CHECK` returns at once when the
+//! JBE it sits on will be taken (`morestack_bound`): the function runs again from its
+//! start after morestack, and that later hit is the call's.
 //!
 //! Decisions (what is misuse, what is noise) are user space's job.
 #![no_std]
@@ -30,12 +35,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use detector_common::{
-    errors, pause_bucket, stack_hash, ArgMode, CallKey, Stack, StackKey, StwKey, StwOpen, StwStats,
-    COOKIE_ARG_SHIFT, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER, HIT_SLOTS, MAX_CALL_KEYS,
-    MAX_OPEN_PAUSES, MAX_PAUSED_PROBES, MAX_STACKS, MAX_STW_KEYS, RESTART_GO119, RESTART_GO121,
-    RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED,
-    STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
-    STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
+    errors, morestack_bound, pause_bucket, stack_hash, ArgMode, CallKey, Stack, StackKey, StwKey,
+    StwOpen, StwStats, COOKIE_ARG_SHIFT, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
+    COOKIE_ON_STACK_CHECK, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_PAUSED_PROBES,
+    MAX_STACKS, MAX_STW_KEYS, RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX,
+    RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED, STW_BUCKETS,
+    STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG,
+    STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
     STW_REASON_STRING_FLAG,
 };
 
@@ -105,6 +111,10 @@ fn tgid_tid() -> (u32, u32) {
 #[uprobe]
 pub fn count_call(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let regs = unsafe { &*ctx.regs };
+    if morestack_bound(cookie, regs.eflags) {
+        return 0;
+    }
     if PAUSED_COUNT.get(0).is_some_and(|n| *n > 0)
         && unsafe { PAUSED.get(&(cookie as u32)) }.is_some()
     {
@@ -113,7 +123,6 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
     if let Some(n) = HITS.get_ptr_mut(cookie as u32 % HIT_SLOTS) {
         unsafe { *n += 1 };
     }
-    let regs = unsafe { &*ctx.regs };
     let arg = match ArgMode::from_u8((cookie >> COOKIE_ARG_SHIFT) as u8) {
         ArgMode::None => 0,
         ArgMode::Rax => regs.rax,
@@ -340,6 +349,10 @@ fn in_forced_gc(tgid: u32) -> bool {
 
 #[uprobe]
 pub fn stw_reason(ctx: ProbeContext) -> u32 {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if morestack_bound(cookie, unsafe { (*ctx.regs).eflags }) {
+        return 0;
+    }
     // R14 holds the current goroutine (ABIInternal); RAX the reason string's pointer.
     // Copy out of the context first: map helpers take stack pointers, not ctx pointers.
     let (g, reason_ptr) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
@@ -356,9 +369,12 @@ fn current_user_g(g0: u64, g_m_offset: u64, m_curg_offset: u64) -> Option<u64> {
 
 #[uprobe]
 pub fn stw_start(ctx: ProbeContext) -> u32 {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if morestack_bound(cookie, unsafe { (*ctx.regs).eflags }) {
+        return 0;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let (tgid, _) = tgid_tid();
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let reason = if cookie & STW_COOKIE_MODE_MASK == STW_REASON_FROM_PENDING {
         let g_m = (cookie >> STW_COOKIE_GM_SHIFT) & 0xffff;
         let m_curg = (cookie >> STW_COOKIE_CURG_SHIFT) & 0xffff;
@@ -429,10 +445,14 @@ pub fn stw_stopping(ctx: ProbeContext) -> u32 {
 /// Go version passes them (see the `RESTART_*` cookies).
 #[uprobe]
 pub fn stw_restart(ctx: ProbeContext) -> u32 {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (tgid, _) = tgid_tid();
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let regs = unsafe { &*ctx.regs };
+    if morestack_bound(cookie, regs.eflags) {
+        return 0;
+    }
+    let cookie = cookie & !COOKIE_ON_STACK_CHECK;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (tgid, _) = tgid_tid();
     if let Some(open) = STW_OPEN.get_ptr_mut(&tgid) {
         unsafe {
             (*open).restart_ns = now;

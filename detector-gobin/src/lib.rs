@@ -141,13 +141,24 @@ pub struct Func {
 pub struct ProbePoint {
     /// Virtual address of the function entry.
     pub entry: u64,
-    /// The first instruction after the stack-check prologue; `entry` when the function
-    /// has no stack check (nosplit functions such as runtime.LockOSThread).
+    /// Where the entry probe goes, an instruction the kernel emulates where there is
+    /// one: the first instruction after the stack-check prologue when it is emulated
+    /// (`push rbp`, Go 1.21+); else the stack check's JBE (Go 1.19 builds the frame
+    /// with `sub rsp`, which the kernel single-steps), see `on_stack_check_jump`;
+    /// `entry` when the function has no stack check (nosplit functions such as
+    /// runtime.LockOSThread).
     pub probe_vaddr: u64,
     /// File offset of `probe_vaddr` (what uprobe attach wants).
     pub probe_file_offset: u64,
     /// A stack-check prologue was found (an entry probe would fire twice on stack growth).
     pub stack_check: bool,
+    /// The probe sits on the stack check's JBE: the registers are the entry's, and a
+    /// hit whose jump will be taken (CF or ZF set: the function goes to morestack and
+    /// is re-entered) is not a call of its own.
+    pub on_stack_check_jump: bool,
+    /// The kernel emulates the probed instruction (else it single-steps it out of
+    /// line: a second trap on each hit, many times the cost).
+    pub emulated: bool,
     /// Virtual address of every RET in the function.
     pub rets: Vec<u64>,
     /// File offsets of `rets`, same order.
@@ -497,13 +508,23 @@ impl GoBinary {
             .read_bytes_at(f.entry, size as usize)
             .ok_or_else(not_mapped)?;
         let facts = prologue::analyze(code, f.entry);
-        let probe_vaddr = facts.after_stack_check.unwrap_or(f.entry);
+        let emulated_at = |v: u64| {
+            code.get((v - f.entry) as usize..)
+                .is_some_and(prologue::kernel_emulates)
+        };
+        let after = facts.after_stack_check.unwrap_or(f.entry);
+        let (probe_vaddr, on_stack_check_jump) = match facts.stack_check_jbe {
+            Some(jbe) if !emulated_at(after) => (jbe, true),
+            _ => (after, false),
+        };
         let offset = |v: u64| self.file_offset(v).ok_or_else(not_mapped);
         Ok(ProbePoint {
             entry: f.entry,
             probe_vaddr,
             probe_file_offset: offset(probe_vaddr)?,
             stack_check: facts.after_stack_check.is_some(),
+            on_stack_check_jump,
+            emulated: emulated_at(probe_vaddr),
             ret_file_offsets: facts
                 .rets
                 .iter()

@@ -6,7 +6,8 @@
 //! on the system stack may compare against stackguard1 at `[R14+18h]`. When the check
 //! fails the function calls morestack and jumps back to its entry, so a probe at the
 //! entry can fire twice for one call; the first instruction after the conditional jump
-//! does not.
+//! does not, and neither does a probe on the jump itself whose program skips the hits
+//! where the jump will be taken (the flags of the CMP are in the trap's registers).
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
 /// How many instructions from the entry may precede the stack-check CMP.
@@ -17,6 +18,9 @@ const PROLOGUE_WINDOW: usize = 6;
 pub(crate) struct CodeFacts {
     /// Address of the first instruction after the stack check, if there is one.
     pub after_stack_check: Option<u64>,
+    /// Address of the stack check's conditional jump when it is a JBE (taken, to
+    /// morestack, when CF or ZF is set: the only form Go emits).
+    pub stack_check_jbe: Option<u64>,
     /// Address of every RET.
     pub rets: Vec<u64>,
 }
@@ -32,6 +36,11 @@ fn is_stack_guard_cmp(ins: &Instruction) -> bool {
             && ins.memory_index() == Register::None
             && matches!(ins.memory_displacement64(), 0x10 | 0x18)
     })
+}
+
+/// Whether `ins` is `JBE` (`JNA`), short or near: taken when CF = 1 or ZF = 1.
+fn is_jbe(ins: &Instruction) -> bool {
+    ins.mnemonic() == Mnemonic::Jbe && ins.is_jcc_short_or_near()
 }
 
 /// Whether Linux x86 uprobes emulate the instruction at the start of `code` (PUSH of a
@@ -63,6 +72,7 @@ pub(crate) fn analyze(code: &[u8], entry: u64) -> CodeFacts {
     let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
     let mut ins = Instruction::default();
     let mut after_stack_check = None;
+    let mut stack_check_jbe = None;
     let mut rets = Vec::new();
     let mut index = 0usize;
     // Set when the CMP was seen and the next instruction decides.
@@ -83,6 +93,7 @@ pub(crate) fn analyze(code: &[u8], entry: u64) -> CodeFacts {
             if pending_cmp {
                 if is_conditional_jump(&ins) {
                     after_stack_check = Some(ins.next_ip());
+                    stack_check_jbe = is_jbe(&ins).then(|| ins.ip());
                 }
                 in_prologue = false;
             } else if is_stack_guard_cmp(&ins) {
@@ -96,6 +107,7 @@ pub(crate) fn analyze(code: &[u8], entry: u64) -> CodeFacts {
     }
     CodeFacts {
         after_stack_check,
+        stack_check_jbe,
         rets,
     }
 }
@@ -135,6 +147,7 @@ mod tests {
         ];
         let f = analyze(&code, 0x1000);
         assert_eq!(f.after_stack_check, Some(0x1006));
+        assert_eq!(f.stack_check_jbe, Some(0x1004));
         assert_eq!(f.rets, vec![0x100b]);
     }
 
@@ -149,6 +162,7 @@ mod tests {
         ];
         let f = analyze(&code, 0x2000);
         assert_eq!(f.after_stack_check, Some(0x2012));
+        assert_eq!(f.stack_check_jbe, Some(0x200c));
         assert_eq!(f.rets, vec![0x2013]);
     }
 
@@ -160,6 +174,11 @@ mod tests {
             0xc3,
         ];
         assert_eq!(analyze(&code, 0).after_stack_check, Some(6));
+        assert_eq!(analyze(&code, 0).stack_check_jbe, Some(4));
+        // Another condition (JB) still ends the prologue, but is not a JBE to probe.
+        let jb = [0x49, 0x3b, 0x66, 0x10, 0x72, 0x10, 0xc3];
+        assert_eq!(analyze(&jb, 0).after_stack_check, Some(6));
+        assert_eq!(analyze(&jb, 0).stack_check_jbe, None);
     }
 
     #[test]
@@ -167,6 +186,7 @@ mod tests {
         // No check: push rbp; mov rbp,rsp; ret.
         let f = analyze(&[0x55, 0x48, 0x89, 0xe5, 0xc3], 0x10);
         assert_eq!(f.after_stack_check, None);
+        assert_eq!(f.stack_check_jbe, None);
         assert_eq!(f.rets, vec![0x14]);
         // CMP on another register, or not followed by a jump, is not a stack check.
         assert_eq!(

@@ -60,9 +60,15 @@ fn catalog_symbols(v: GoVersion) -> Vec<(&'static str, bool)> {
         .collect()
 }
 
-/// The file bytes before the probe point are the prologue's conditional jump.
+/// The probe point is the prologue's JBE (when it says so), else the file bytes before
+/// it are the prologue's conditional jump.
 fn assert_jump_precedes(file: &[u8], p: &ProbePoint, what: &str) {
     let off = p.probe_file_offset as usize;
+    if p.on_stack_check_jump {
+        let jbe = file[off] == 0x76 || (file[off] == 0x0f && file[off + 1] == 0x86);
+        assert!(jbe, "{what}: no JBE at file offset {off:#x}");
+        return;
+    }
     let short = off >= 2 && matches!(file[off - 2], 0x70..=0x7f);
     let near = off >= 6 && file[off - 6] == 0x0f && matches!(file[off - 5], 0x80..=0x8f);
     assert!(short || near, "{what}: no Jcc before file offset {off:#x}");
@@ -402,39 +408,86 @@ fn truncated_fixture_is_an_error() {
     assert!(GoBinary::parse(full[..full.len() / 3].to_vec()).is_err());
 }
 
-/// Which probes the kernel single-steps (each hit a second trap, ~30× the cost here;
-/// the overhead budget prices them so). Observed: Go 1.19 frames start with
-/// `sub rsp, N`, so every probe is single-stepped; Go 1.21+ frames start with
-/// `push rbp`, which the kernel emulates, so none is.
+/// No probe on a function with a stack check is single-stepped (each single-stepped
+/// hit is a second trap, ~30x the cost here), on any Go version or build kind. Go 1.21+
+/// frames start with `push rbp`, which the kernel emulates: the probe stays after the
+/// stack check. Go 1.19 frames start with `sub rsp, N`, which it would single-step:
+/// the probe sits on the stack check's JBE (emulated), flagged in its cookie so the
+/// program ignores the hits bound for morestack. Single-stepped remain: the entries of
+/// nosplit functions whose first instruction is not emulated (`runtime.LockOSThread`
+/// on Go 1.19), the RET probes (rare: once per pause or `runtime.GC` call) and the
+/// inlined `runtime.NumGoroutine` sites inside user functions.
 #[test]
-fn probe_instructions_are_emulated_from_go_1_21() {
+fn no_probe_is_single_stepped_after_a_stack_check() {
+    use detector::probes::plan::Program;
+    use detector_common::COOKIE_ON_STACK_CHECK;
     for (v, name, dir) in versions() {
         for kind in KINDS {
+            let what = format!("{name}/{kind}");
             let bin = GoBinary::open(&dir.join(kind).join(FIXTURE)).unwrap();
             let plan = detector::probes::plan::plan(&bin, v);
-            let calls: Vec<_> = plan
+            let entries: Vec<_> = plan
                 .probes
                 .iter()
-                .filter(|p| p.program == detector::probes::plan::Program::CountCall)
+                .filter(|p| {
+                    matches!(
+                        p.program,
+                        Program::CountCall
+                            | Program::StwStart
+                            | Program::StwRestart
+                            | Program::StwReason
+                    )
+                })
                 // Inlined NumGoroutine is probed wherever its inlined body starts.
                 .filter(|p| p.api != Api::NumGoroutine)
                 .collect();
-            assert!(
-                calls.len() > 20,
-                "{name}/{kind}: {} call probes",
-                calls.len()
-            );
-            let stepped: Vec<Api> = calls
-                .iter()
-                .filter(|p| p.single_step)
-                .map(|p| p.api)
-                .collect();
+            assert!(entries.len() > 20, "{what}: {} entry probes", entries.len());
+            let mut on_jbe = 0;
+            for p in &entries {
+                let f = bin.func_by_name(p.symbol).unwrap();
+                let point = bin.probe_point(&f).unwrap();
+                assert_eq!(p.vaddr, point.probe_vaddr, "{what}: {}", p.symbol);
+                assert_eq!(
+                    p.cookie & COOKIE_ON_STACK_CHECK != 0,
+                    point.on_stack_check_jump,
+                    "{what}: {} cookie",
+                    p.symbol
+                );
+                assert_eq!(p.single_step, !point.emulated, "{what}: {}", p.symbol);
+                if point.stack_check {
+                    assert!(!p.single_step, "{what}: {} single-stepped", p.symbol);
+                    // Go 1.19 needs the JBE; later versions keep the emulated push.
+                    assert_eq!(
+                        point.on_stack_check_jump,
+                        v.minor < 21,
+                        "{what}: {} placement",
+                        p.symbol
+                    );
+                    on_jbe += usize::from(point.on_stack_check_jump);
+                } else {
+                    assert!(p.api.nosplit(), "{what}: {} has no stack check", p.symbol);
+                }
+            }
             if v.minor < 21 {
-                assert_eq!(stepped.len(), calls.len(), "{name}/{kind}: {stepped:?}");
-            } else {
+                assert!(on_jbe > 20, "{what}: {on_jbe} probes on a JBE");
+            }
+            // What else is single-stepped: RET probes, and inlined NumGoroutine sites
+            // (a probe inside the calling function, on its body's first instruction).
+            for p in plan
+                .probes
+                .iter()
+                .filter(|p| p.single_step && p.api != Api::NumGoroutine)
+            {
+                let entry = entries.iter().any(|e| std::ptr::eq(*e, p));
+                let ret = matches!(
+                    p.program,
+                    Program::StwStopped | Program::StwEnd | Program::ForcedGcExit
+                );
                 assert!(
-                    stepped.is_empty(),
-                    "{name}/{kind}: single-stepped {stepped:?}"
+                    ret || (entry && p.api.nosplit()),
+                    "{what}: {} {:?} single-stepped",
+                    p.symbol,
+                    p.program
                 );
             }
         }

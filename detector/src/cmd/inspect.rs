@@ -34,6 +34,7 @@ pub fn run(path: &Path, format: Format) -> Result<crate::exit::Code, Failure> {
             probe_file_offset: None,
             stack_check: None,
             rets: None,
+            probe_on: None,
             single_step: None,
             note: None,
         };
@@ -97,10 +98,14 @@ pub fn run(path: &Path, format: Format) -> Result<crate::exit::Code, Failure> {
                 probe_file_offset: Some(p.probe_file_offset),
                 stack_check: Some(p.stack_check),
                 rets: Some(p.rets.len()),
-                single_step: Some(
-                    !bin.read_bytes_at(p.probe_vaddr, 15)
-                        .is_some_and(crate::gobin::prologue::kernel_emulates),
-                ),
+                probe_on: Some(if p.on_stack_check_jump {
+                    "stack_check_jump"
+                } else if p.stack_check {
+                    "after_stack_check"
+                } else {
+                    "entry"
+                }),
+                single_step: Some(!p.emulated),
                 ..base
             },
             Err(e) => FunctionReport {

@@ -22,13 +22,14 @@ use super::{
 };
 
 /// The target's cost of one hit of a probe on an instruction the kernel emulates
-/// (`push rbp`, the first instruction after the stack check on Go 1.21+): the trap,
-/// the eBPF program and the return. BENCHMARKS.md measures 0.8-0.9 µs here; the
-/// higher figure keeps the budget on the safe side.
+/// (`push rbp`, the first instruction after the stack check on Go 1.21+; the stack
+/// check's `jbe` on Go 1.19): the trap, the eBPF program and the return.
+/// BENCHMARKS.md measures 0.5-0.9 µs here, on Go 1.19 as on 1.27; the higher figure
+/// keeps the budget on the safe side.
 pub const HIT_COST_S: f64 = 1.5e-6;
 
-/// The cost of a hit on an instruction the kernel single-steps (Go 1.19's `sub rsp`
-/// frames, frameless functions): a second trap for the debug exception. Measured
+/// The cost of a hit on an instruction the kernel single-steps (the entry of a Go 1.19
+/// nosplit function starting with `sub rsp`, RETs): a second trap for the debug exception. Measured
 /// 29 µs in this Firecracker VM, where the debug trap exits to the hypervisor; bare
 /// metal is nearer 3 µs. The VM figure keeps the budget safe everywhere.
 pub const SINGLE_STEP_HIT_COST_S: f64 = 30e-6;

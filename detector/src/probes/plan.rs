@@ -2,8 +2,8 @@
 //! at which file offset, with which cookie. Pure: computed from the binary alone.
 use detector_common::{
     cookie, stw_pending_cookie, ArgMode, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
-    RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI,
-    STW_REASON_FROM_AL,
+    COOKIE_ON_STACK_CHECK, RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX,
+    RESTART_START_RCX_STOPPED_RDI, STW_REASON_FROM_AL,
 };
 use serde::Serialize;
 
@@ -122,11 +122,14 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 program: Program::StwStart,
                 vaddr: start_pt.probe_vaddr,
                 file_offset: start_pt.probe_file_offset,
-                cookie: if string_reasons {
-                    stw_pending_cookie(G_M_OFFSET, M_CURG_OFFSET_GO119)
-                } else {
-                    STW_REASON_FROM_AL
-                },
+                cookie: entry_cookie(
+                    &start_pt,
+                    if string_reasons {
+                        stw_pending_cookie(G_M_OFFSET, M_CURG_OFFSET_GO119)
+                    } else {
+                        STW_REASON_FROM_AL
+                    },
+                ),
                 single_step: false,
             });
             // Every goroutine stopped: the end of the stopping part.
@@ -163,15 +166,18 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 program: Program::StwRestart,
                 vaddr: end_pt.probe_vaddr,
                 file_offset: end_pt.probe_file_offset,
-                cookie: if v.at_least(1, 23) {
-                    RESTART_START_RCX_STOPPED_RDI
-                } else if v.at_least(1, 22) {
-                    RESTART_START_IN_RCX
-                } else if v.at_least(1, 21) {
-                    RESTART_GO121
-                } else {
-                    RESTART_GO119
-                },
+                cookie: entry_cookie(
+                    &end_pt,
+                    if v.at_least(1, 23) {
+                        RESTART_START_RCX_STOPPED_RDI
+                    } else if v.at_least(1, 22) {
+                        RESTART_START_IN_RCX
+                    } else if v.at_least(1, 21) {
+                        RESTART_GO121
+                    } else {
+                        RESTART_GO119
+                    },
+                ),
                 single_step: false,
             });
             for (vaddr, off) in end_pt.rets.iter().zip(&end_pt.ret_file_offsets) {
@@ -196,7 +202,7 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
                 program: Program::StwReason,
                 vaddr: pt.probe_vaddr,
                 file_offset: pt.probe_file_offset,
-                cookie: 0,
+                cookie: entry_cookie(&pt, 0),
                 single_step: false,
             });
         }
@@ -209,6 +215,17 @@ pub fn plan(bin: &GoBinary, v: GoVersion) -> Plan {
             .is_some_and(crate::gobin::prologue::kernel_emulates);
     }
     plan
+}
+
+/// An entry probe's cookie: flagged when the probe sits on the stack check's JBE, so
+/// that its program ignores the hits bound for morestack (the call's re-entry is hit
+/// again).
+fn entry_cookie(point: &crate::gobin::ProbePoint, cookie: u64) -> u64 {
+    if point.on_stack_check_jump {
+        cookie | COOKIE_ON_STACK_CHECK
+    } else {
+        cookie
+    }
 }
 
 /// The calls of `(*timeHistogram).record` in the Go 1.22 `stopTheWorldWithSema` at
@@ -242,7 +259,10 @@ fn plan_call(bin: &GoBinary, v: GoVersion, api: Api, mode: ArgMode, plan: &mut P
         program: Program::CountCall,
         vaddr: point.probe_vaddr,
         file_offset: point.probe_file_offset,
-        cookie: cookie(probe_id, mode) | if forced { COOKIE_FORCED_GC_ENTER } else { 0 },
+        cookie: entry_cookie(
+            &point,
+            cookie(probe_id, mode) | if forced { COOKIE_FORCED_GC_ENTER } else { 0 },
+        ),
         single_step: false,
     });
     if forced {

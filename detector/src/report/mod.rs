@@ -88,6 +88,10 @@ pub struct FunctionReport {
     pub probe_file_offset: Option<u64>,
     pub stack_check: Option<bool>,
     pub rets: Option<usize>,
+    /// Where the entry probe sits: "after_stack_check", "stack_check_jump" (on the
+    /// stack check's JBE; hits bound for morestack are not counted) or "entry" (no
+    /// stack check).
+    pub probe_on: Option<&'static str>,
     /// The kernel single-steps the probed instruction (each hit costs a second trap,
     /// see docs/overhead.md) rather than emulating it.
     pub single_step: Option<bool>,

@@ -230,11 +230,17 @@ pub fn render_inspection(i: &Inspection) -> String {
         if let Some(s) = f.symbol {
             notes.push(s.to_string());
         }
-        if f.stack_check == Some(false) {
-            notes.push("no stack check".into());
-        }
-        if f.single_step == Some(true) {
-            notes.push("single-stepped (a hit costs a second trap)".into());
+        let executed = match f.single_step {
+            Some(true) => "single-stepped: a hit costs a second trap",
+            _ => "emulated",
+        };
+        match f.probe_on {
+            Some("entry") => notes.push(format!("no stack check: probe at the entry, {executed}")),
+            Some("stack_check_jump") => notes.push(format!(
+                "probe on the stack check's JBE, {executed} (a hit bound for morestack is not a call)"
+            )),
+            Some(_) => notes.push(format!("probe after the stack check, {executed}")),
+            None => {}
         }
         if let Some(n) = &f.note {
             notes.push(n.clone());

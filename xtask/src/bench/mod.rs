@@ -244,6 +244,21 @@ fn targets(
         }
         None => writeln!(md, "| per-hit cost at most bpftrace's | – | not measured |")?,
     }
+    match hits.and_then(|h| h.oldest_ratio()) {
+        Some((go, per_hit, x)) => writeln!(
+            md,
+            "| per-hit cost on Go 1.19 within {t}× of the newest Go's | Go {go}: {per_hit:.0} ns \
+             a hit, {}× the newest's | {} |",
+            ratio(x),
+            verdict(Some(x <= perhit::OLDEST_PER_HIT_TARGET)),
+            t = perhit::OLDEST_PER_HIT_TARGET,
+        )?,
+        None => writeln!(
+            md,
+            "| per-hit cost on Go 1.19 within {}× of the newest Go's | – | not measured |",
+            perhit::OLDEST_PER_HIT_TARGET
+        )?,
+    }
     match thr.and_then(|t| t.extra_at(100_000, throughput::Config::Default)) {
         Some(extra) if env.budget_flag => writeln!(
             md,

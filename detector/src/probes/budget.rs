@@ -258,9 +258,7 @@ impl DutyCycle {
                 let live = Instant::now().saturating_duration_since(since);
                 log::debug!("unit {} off after {live:?} live", u.call_id);
                 u.on_closed += live.as_secs_f64();
-                for &i in &u.probes {
-                    probes.detach_later(attached, i);
-                }
+                probes.detach_unit_later(attached, &u.probes);
             }
         }
     }
@@ -451,21 +449,16 @@ impl DutyCycle {
         // behind other uprobe users), so they count nothing past `now`.
         self.poll(now, probes, attached);
         for (ui, u) in self.units.iter_mut().enumerate() {
-            if go_live[ui] {
-                let mut live = false;
-                for &i in &u.probes {
-                    live |= probes.reattach(plan, attached, i);
-                }
-                if live {
-                    // Live from when counting resumes, once the kernel has the
-                    // breakpoint in and the program linked, not from `now`.
-                    probes.set_counting(u.call_id, true);
-                    let t = Instant::now();
-                    log::debug!("unit {} live after {:?}", u.call_id, t - now);
-                    u.live_since = Some(t);
-                    if let Some(off) = u.off_at.as_mut() {
-                        *off += t - now;
-                    }
+            // One step for the unit's probes where the kernel has uprobe_multi links.
+            if go_live[ui] && probes.reattach_unit(plan, attached, &u.probes) {
+                // Live from when counting resumes, once the kernel has the
+                // breakpoint in and the program linked, not from `now`.
+                probes.set_counting(u.call_id, true);
+                let t = Instant::now();
+                log::debug!("unit {} live after {:?}", u.call_id, t - now);
+                u.live_since = Some(t);
+                if let Some(off) = u.off_at.as_mut() {
+                    *off += t - now;
                 }
             }
         }

@@ -12,7 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::attach::Link;
+use super::attach::{release_all, AttachPath, Link};
+
+/// The tail assumed until a detach is measured, per attach path (see
+/// [`Detacher::tail`]): one uprobe's unregistration on 6.x, uncontended; a
+/// uprobe_multi link's, all of its uprobes at once.
+const INITIAL_TAIL_PER_UPROBE: Duration = Duration::from_millis(90);
+const INITIAL_TAIL_MULTI: Duration = Duration::from_millis(90);
 
 /// The state shared with the background threads.
 #[derive(Debug)]
@@ -29,15 +35,24 @@ pub struct Detacher(Arc<State>);
 
 impl Default for Detacher {
     fn default() -> Self {
-        Detacher(Arc::new(State {
-            in_flight: AtomicUsize::new(0),
-            // The 0.09 s an uncontended unregistration takes on 6.x.
-            tail_us: AtomicU64::new(90_000),
-        }))
+        Detacher::new(AttachPath::PerUprobe)
     }
 }
 
 impl Detacher {
+    /// A detacher whose tail starts at what a detach takes on `path` until measured.
+    pub fn new(path: AttachPath) -> Self {
+        let tail = match path {
+            // The 0.09 s an uncontended unregistration takes on 6.x.
+            AttachPath::PerUprobe => INITIAL_TAIL_PER_UPROBE,
+            AttachPath::UprobeMulti => INITIAL_TAIL_MULTI,
+        };
+        Detacher(Arc::new(State {
+            in_flight: AtomicUsize::new(0),
+            tail_us: AtomicU64::new(tail.as_micros() as u64),
+        }))
+    }
+
     /// How many detaches are still running. The duty cycle keeps cycled probes off
     /// while the kernel is behind, rather than queue more.
     pub fn in_flight(&self) -> usize {
@@ -67,14 +82,14 @@ impl Detacher {
     }
 
     /// Drops `links` on a background thread.
-    pub(super) fn release_later(&self, links: Vec<Link>) {
+    pub(super) fn release_later(&self, links: Vec<Arc<Link>>) {
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("detach".into())
             .spawn(move || {
                 let t0 = Instant::now();
-                drop(links);
+                release_all(links);
                 let took = t0.elapsed();
                 me.record(took);
                 log::debug!("background detach took {took:?}, tail now {:?}", me.tail());

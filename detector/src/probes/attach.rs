@@ -78,7 +78,7 @@ enum Event {
     /// detector itself (no guardian): held only to be closed.
     Own { _event: OwnedFd },
     /// Nothing besides the link: a uprobe_multi link detector made itself (no
-    /// guardian), or a guarded event handed over to [`release_all`].
+    /// guardian), or a guarded one handed over to [`release_all`].
     None,
 }
 
@@ -130,6 +130,9 @@ pub struct AttachedPlan {
     id_base: u32,
     /// Probes attached.
     pub attached: usize,
+    /// How they were attached (the kernel's way; a group a uprobe_multi link failed
+    /// for went in one by one).
+    pub path: AttachPath,
     /// Probes that failed to attach: (symbol, error).
     pub failures: Vec<(String, String)>,
 }
@@ -258,6 +261,7 @@ impl Probes {
             target: target.to_path_buf(),
             pid,
             id_base,
+            path: self.attach_path(),
             ..AttachedPlan::default()
         };
         out.links = plan.probes.iter().map(|_| None).collect();
@@ -385,14 +389,15 @@ impl Probes {
             .collect();
         if let Some(guardian) = &self.guardian {
             match guardian.open_multi(prog, target, &offsets, &cookies, pid) {
-                Ok(id) => {
+                Ok(o) => {
+                    // detector's duplicate keeps the probes in if the guardian dies.
                     return Ok(Some(Link {
-                        link: None,
+                        link: Some(o.event),
                         event: Event::Guarded {
-                            id,
+                            id: o.id,
                             guardian: guardian.clone(),
                         },
-                    }))
+                    }));
                 }
                 Err(Some(e)) => return Err(format!("creating a uprobe_multi link: {e}")),
                 Err(None) => {} // The guardian is gone: on our own.

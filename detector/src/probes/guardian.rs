@@ -18,7 +18,9 @@
 //! - uprobe_multi links (see `multi`) register their uprobes in the task that creates
 //!   them and unregister them in the task that closes the last reference, so the
 //!   guardian creates them too, from a duplicate of detector's program descriptor, and
-//!   holds them alone: detector never has the link at all.
+//!   sends detector a duplicate of the link, closed the same way as an event's: the
+//!   guardian's close is the last one, and if the guardian dies, detector's keeps
+//!   the probes in.
 //!
 //! The guardian runs this same executable (`/proc/self/exe __guardian --for PID`) in
 //! its own session, so a terminal's ^C does not reach it, and it ignores SIGINT,
@@ -84,7 +86,8 @@ mod msg {
     pub const BYE: u8 = b'B';
     /// detector → guardian: create a uprobe_multi link: pid (i32, -1 = every
     /// process), count (u32), offsets (u64 each), cookies (u64 each), path (rest);
-    /// the program's descriptor attached. Replies OPENED (no descriptor) or FAILED.
+    /// the program's descriptor attached. Replies OPENED (the link's descriptor
+    /// attached) or FAILED.
     pub const OPEN_MULTI: u8 = b'M';
     /// detector → guardian: close the probes with these ids (u64 each) side by side;
     /// replies CLOSED once all are.
@@ -251,8 +254,8 @@ impl Guardian {
     }
 
     /// Asks the guardian to create a uprobe_multi link of `prog` (see
-    /// [`uprobe::link_multi`]), which it holds alone: the returned id closes it.
-    /// `Err(None)` when the guardian is gone.
+    /// [`uprobe::link_multi`]): a duplicate of the link, and the id that closes the
+    /// guardian's. `Err(None)` when the guardian is gone.
     pub fn open_multi(
         &self,
         prog: BorrowedFd<'_>,
@@ -260,7 +263,7 @@ impl Guardian {
         offsets: &[u64],
         cookies: &[u64],
         pid: Option<u32>,
-    ) -> Result<u64, Option<io::Error>> {
+    ) -> Result<Opened, Option<io::Error>> {
         if self.is_lost() {
             return Err(None);
         }
@@ -276,7 +279,10 @@ impl Guardian {
         let reply =
             send(socket.as_fd(), &req, Some(prog)).and_then(|_| receive(socket.as_fd(), &mut buf));
         match reply {
-            Ok((9, None)) if buf[0] == msg::OPENED => Ok(u64_at(&buf, 1).unwrap_or_default()),
+            Ok((9, Some(event))) if buf[0] == msg::OPENED => Ok(Opened {
+                event,
+                id: u64_at(&buf, 1).unwrap_or_default(),
+            }),
             Ok((5, None)) if buf[0] == msg::FAILED => Err(Some(io::Error::from_raw_os_error(
                 u32_at(&buf, 1).unwrap_or_default() as i32,
             ))),
@@ -479,8 +485,9 @@ pub fn serve() -> crate::exit::Code {
                         next_id += 1;
                         let mut reply = vec![msg::OPENED];
                         reply.extend_from_slice(&id.to_le_bytes());
+                        let sent = send(socket.as_fd(), &reply, Some(link.as_fd()));
                         held.insert(id, link);
-                        send(socket.as_fd(), &reply, None).is_ok()
+                        sent.is_ok()
                     }
                     Err(e) => {
                         let mut reply = vec![msg::FAILED];

@@ -23,21 +23,22 @@ use aya::{maps::Map, Ebpf};
 use super::{plan::Program, uprobe};
 
 /// Which kernel calls attach and detach probes (shown in `inspect` and `diagnose`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachPath {
     /// One uprobe_multi link per program and probe id: attached and detached in one
     /// step each.
     UprobeMulti,
     /// One perf event and one BPF link per uprobe (kernels before 6.6, or forced).
+    #[default]
     PerUprobe,
 }
 
 impl AttachPath {
     pub fn describe(self) -> &'static str {
         match self {
-            AttachPath::UprobeMulti => "uprobe_multi links (one step per probe group)",
-            AttachPath::PerUprobe => "one perf event per uprobe",
+            AttachPath::UprobeMulti => "uprobe_multi links",
+            AttachPath::PerUprobe => "a perf event per uprobe",
         }
     }
 }
@@ -107,6 +108,32 @@ impl MultiPrograms {
             .ok_or("no program")?;
         kernel_links(probe).map_err(|e| format!("the kernel refused a uprobe_multi link: {e}"))?;
         Ok(me)
+    }
+}
+
+/// The path `diagnose` and `watch` would take on this kernel, without loading
+/// detector's programs (for `inspect`): a two-instruction program is loaded and linked
+/// to a scratch file. None when that cannot be told (no privileges for BPF).
+pub fn kernel_path() -> Option<AttachPath> {
+    if forced_per_uprobe() {
+        return Some(AttachPath::PerUprobe);
+    }
+    // r0 = 0; exit
+    let code = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let insns = aya_obj::copy_instructions(&code).ok()?;
+    // A kernel without uprobe_multi links still loads the program (the attach type
+    // is not checked for uprobe programs before it), and refuses the link; a refused
+    // load is a lack of privileges.
+    match prog_load("detector_check", &insns) {
+        Ok(prog) => Some(if kernel_links(prog.as_fd()).is_ok() {
+            AttachPath::UprobeMulti
+        } else {
+            AttachPath::PerUprobe
+        }),
+        Err(e) => {
+            log::debug!("cannot load a BPF program to check the kernel: {e}");
+            None
+        }
     }
 }
 

@@ -299,10 +299,13 @@ impl Guardian {
     }
 
     /// Asks the guardian to close every probe in `ids` side by side (their grace
-    /// periods overlap), and waits until it has.
-    pub fn close_many(&self, ids: &[u64]) {
+    /// periods overlap), and waits until it has. Returns how long the request waited
+    /// for the guardian (it serves one at a time) before it was sent.
+    pub fn close_many(&self, ids: &[u64]) -> Duration {
+        let t0 = std::time::Instant::now();
+        let mut queued = None;
         if self.is_lost() || ids.is_empty() {
-            return;
+            return Duration::ZERO;
         }
         for chunk in ids.chunks(MAX_IDS_PER_MESSAGE) {
             let mut req = vec![msg::CLOSE_MANY];
@@ -310,19 +313,21 @@ impl Guardian {
                 req.extend_from_slice(&id.to_le_bytes());
             }
             let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+            let queued = *queued.get_or_insert_with(|| t0.elapsed());
             let mut buf = [0u8; 4];
             match send(socket.as_fd(), &req, None).and_then(|_| receive(socket.as_fd(), &mut buf)) {
                 Ok((1, None)) if buf[0] == msg::CLOSED => {}
                 Ok(_) => {
                     self.lose(&io::Error::other("the guardian sent a malformed reply"));
-                    return;
+                    return queued;
                 }
                 Err(e) => {
                     self.lose(&e);
-                    return;
+                    return queued;
                 }
             }
         }
+        queued.unwrap_or_default()
     }
 
     /// Asks the guardian to close probe `id`, and waits until it has: the breakpoint

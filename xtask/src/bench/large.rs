@@ -44,7 +44,7 @@ pub struct Measured {
 }
 
 /// Detach tails: (per uprobe, uprobe_multi).
-type Tails = (Vec<Duration>, Vec<Duration>);
+type Tails = (Tail, Tail);
 
 struct Times {
     inspect: Vec<Duration>,
@@ -218,18 +218,61 @@ const TAIL_RATE: u64 = 100_000;
 /// How long diagnose's window runs in a tail run (about 4 duty cycle periods).
 const TAIL_WINDOW: Duration = Duration::from_secs(5);
 
-/// The duty cycle's background detaches of one `diagnose` of hitbench at
-/// [`TAIL_RATE`] calls of runtime.Caller a second: how long each took, from its start
-/// until the kernel was done (detector's debug log of its detacher, the figure its
-/// budget charges as the tail).
-fn detach_tails(detector: &Path, hitbench: &Path, per_uprobe: bool) -> Result<Vec<Duration>> {
+/// One path's duty cycle at [`TAIL_RATE`] calls/s (see [`detach_tails`]).
+#[derive(Default)]
+struct Tail {
+    /// Per live phase after the first: how long runtime.callers' int3 stayed in the
+    /// target beyond the phase (int3 present, read through /proc/PID/mem every
+    /// 0.2 ms, minus the median live phase detector logged).
+    beyond: Vec<Duration>,
+    /// Each background detach, from its start until the kernel was done (detector's
+    /// log).
+    took: Vec<Duration>,
+}
+
+/// The duty cycle of one `diagnose` of hitbench at [`TAIL_RATE`] calls of
+/// runtime.Caller a second, through one path: how long the breakpoint stays in after
+/// each live phase (the tail, what the target pays for beyond the phase), read from
+/// the target's memory, and how long detector's detaches took.
+fn detach_tails(detector: &Path, hitbench: &Path, per_uprobe: bool) -> Result<Tail> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let probe = super::probe_addresses(detector, hitbench, "runtime.callers")?.probe;
     let seconds = (TAIL_WINDOW.as_secs() + 3).to_string();
     let rate = TAIL_RATE.to_string();
     let mut hb = Hitbench::start(
         hitbench,
         &["-fn", "caller", "-rate", &rate, "-seconds", &seconds],
     )?;
-    let log = ("RUST_LOG", "detector::probes::detacher=debug");
+    let mem = fs::File::open(format!("/proc/{}/mem", hb.pid))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut present = Vec::new();
+            let mut since: Option<Instant> = None;
+            let mut byte = [0u8];
+            while !stop.load(Ordering::Relaxed) {
+                if mem.read_exact_at(&mut byte, probe).is_err() {
+                    break;
+                }
+                match (byte[0] == 0xcc, since) {
+                    (true, None) => since = Some(Instant::now()),
+                    (false, Some(t)) => {
+                        present.push(t.elapsed());
+                        since = None;
+                    }
+                    _ => {}
+                }
+                thread::sleep(Duration::from_micros(200));
+            }
+            present
+        })
+    };
+    let log = ("RUST_LOG", "detector::probes=debug");
     let env: Vec<(&str, &str)> = if per_uprobe {
         vec![log, FORCE_PER_UPROBE]
     } else {
@@ -240,17 +283,34 @@ fn detach_tails(detector: &Path, hitbench: &Path, per_uprobe: bool) -> Result<Ve
     hb.go()?;
     thread::sleep(TAIL_WINDOW);
     let (_, _, stderr) = det.stop_with_stderr()?;
+    stop.store(true, Ordering::Relaxed);
+    let present = watcher.join().unwrap_or_default();
     hb.result("calls=", Duration::from_secs(60))?;
     hb.finish()?;
-    let tails: Vec<Duration> = stderr
-        .lines()
-        .filter_map(|l| l.split("background detach took ").nth(1))
-        .filter_map(|rest| parse_debug_duration(rest.split(',').next()?))
-        .collect();
-    if tails.is_empty() {
-        bail!("no background detach in detector's log (was the probe cycled?)");
+    let after = |key: &str| -> Vec<Duration> {
+        stderr
+            .lines()
+            .filter_map(|l| l.split(key).nth(1))
+            .filter_map(|rest| parse_debug_duration(rest.split([',', ' ']).next()?))
+            .collect()
+    };
+    let took = after("background detach took ");
+    // The first phase is the probation (from attach, before the calls start).
+    let live: Vec<Duration> = after(" off after ").into_iter().skip(2).collect();
+    if live.is_empty() || present.len() < 2 {
+        bail!(
+            "no live phase after the probation ({} int3 intervals, {} phases)",
+            present.len(),
+            live.len()
+        );
     }
-    Ok(tails)
+    let phase = median_d(&live);
+    let beyond = present
+        .iter()
+        .skip(1)
+        .map(|p| p.saturating_sub(phase))
+        .collect();
+    Ok(Tail { beyond, took })
 }
 
 /// A `Duration`'s Debug form (`38.1ms`, `1.2s`, `950µs`, `120ns`).
@@ -420,16 +480,20 @@ fn render_stop_and_tails(md: &mut String, bins: &[Measured]) -> Result<()> {
     match tails {
         Some(Ok((per, multi))) => writeln!(
             md,
-            "**Detach tail** (the duty cycle's background detaches of runtime.Caller's \
-             probe, hitbench paced at {} calls/s, one {} s diagnose per path; each from the \
-             detach's start until the kernel was done, the figure the budget charges): \
-             per uprobe {} over {} detaches, uprobe_multi {} over {}: median (min–max).",
+            "**Detach tail** (hitbench paced at {} calls/s of runtime.Caller, one {} s \
+             diagnose per path, its duty cycle live a few times): how long runtime.callers' \
+             int3 stayed in the target after each live phase (read through /proc/PID/mem, \
+             minus the phase), per uprobe {} over {} phases, uprobe_multi {} over {}; \
+             detector's background detaches (start to the kernel done, grace periods \
+             included) took {} per uprobe, {} uprobe_multi: median (min–max).",
             thousands(TAIL_RATE),
             TAIL_WINDOW.as_secs(),
-            spread(per),
-            per.len(),
-            spread(multi),
-            multi.len(),
+            spread(&per.beyond),
+            per.beyond.len(),
+            spread(&multi.beyond),
+            multi.beyond.len(),
+            spread(&per.took),
+            spread(&multi.took),
         )?,
         Some(Err(why)) => writeln!(md, "Detach tail not measured: {why}")?,
         None => {}

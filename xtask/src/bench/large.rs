@@ -302,9 +302,11 @@ fn detach_tails(detector: &Path, hitbench: &Path, per_uprobe: bool) -> Result<Ta
     let live = after(" off after ");
     let probation = live.first().copied().unwrap_or_default();
     let phase = median_d(live.get(2..).unwrap_or_default());
+    // An interval past the phases (two units each) was ended by the stop.
+    let ended = present.len().min(live.len() / 2);
     let beyond = present
         .iter()
-        .take(present.len().saturating_sub(1))
+        .take(ended)
         .enumerate()
         .map(|(i, p)| p.saturating_sub(if i == 0 { probation } else { phase }))
         .collect();

@@ -510,3 +510,17 @@ fn or_none(xs: &[Duration]) -> String {
         spread(xs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_durations_parse() {
+        let ms = |s| parse_debug_duration(s).map(|d| d.as_secs_f64() * 1e3);
+        assert_eq!(ms("38.5ms"), Some(38.5));
+        assert_eq!(ms("1.25s"), Some(1250.0));
+        assert_eq!(ms("500µs"), Some(0.5));
+        assert_eq!(ms("soon"), None);
+    }
+}

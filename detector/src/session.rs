@@ -104,6 +104,7 @@ impl Session {
             failed: self.attached.failures.clone(),
             skipped: self.plan.skipped.clone(),
             overhead_budget_percent: budget.share_of_core * 100.0,
+            attach_path: self.attached.path,
         }
     }
 }

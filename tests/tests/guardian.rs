@@ -45,6 +45,11 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// (right after the report is printed). After each, the guardian must remove every
 /// uprobe and exit, with no breakpoint left and no leak in the kernel log. Without
 /// the guardian about one kill in five leaked an uprobe.
+/// Rounds of [`kills_during_attach_and_detach_leave_no_uprobe`]: half on each path.
+const ROUNDS: usize = 24;
+/// Forces detector's fallback path (see detector::probes::multi::FORCE_ENV).
+const FORCE_PER_UPROBE: (&str, &str) = (detector::probes::multi::FORCE_ENV, "per-uprobe");
+
 #[test]
 fn kills_during_attach_and_detach_leave_no_uprobe() {
     require_bpf_privileges();
@@ -57,10 +62,18 @@ fn kills_during_attach_and_detach_leave_no_uprobe() {
     println!("seed {seed}");
     let mut rng = Rng::new(seed);
     let mut landed = [0usize; 2];
-    for round in 0..16 {
+    // The first half through uprobe_multi links (where the kernel has them), the second
+    // through a perf event per uprobe: each path's (un)registrations run in the
+    // guardian.
+    for round in 0..ROUNDS {
         let detaching = round % 2 == 1;
+        let per_uprobe = round >= ROUNDS / 2;
         let leaks_before = kernel_uprobe_leaks();
-        let mut d = Command::new(detector_bin())
+        let mut d = Command::new(detector_bin());
+        if per_uprobe {
+            d.env(FORCE_PER_UPROBE.0, FORCE_PER_UPROBE.1);
+        }
+        let mut d = d
             .args(["diagnose", "--pid", &service.pid().to_string()])
             .args(["--duration", "200ms"])
             .stdout(Stdio::piped())
@@ -85,8 +98,13 @@ fn kills_during_attach_and_detach_leave_no_uprobe() {
             phase_started,
             "round {round}: diagnose never reached its phase"
         );
-        // Attaching takes ~0.1-0.2 s, detaching ~2 s (one RCU wait per probe).
-        let window = if detaching { 1500 } else { 150 };
+        // Attaching takes ~0.1-0.2 s; detaching ~2 s one uprobe after another (an RCU
+        // wait each), ~0.1 s through uprobe_multi links.
+        let window = match (detaching, per_uprobe) {
+            (false, _) => 150,
+            (true, true) => 1500,
+            (true, false) => 100,
+        };
         let kill_after = Duration::from_millis(rng.below(window));
         std::thread::sleep(kill_after);
         let held = program_ids_of(d_pid);
@@ -95,8 +113,13 @@ fn kills_during_attach_and_detach_leave_no_uprobe() {
         let _ = d.0.wait();
         landed[detaching as usize] += in_phase as usize;
         let when = format!(
-            "round {round} (killed {kill_after:?} into {})",
-            if detaching { "detaching" } else { "attaching" }
+            "round {round} (killed {kill_after:?} into {}, {})",
+            if detaching { "detaching" } else { "attaching" },
+            if per_uprobe {
+                "per uprobe"
+            } else {
+                "uprobe_multi"
+            }
         );
         if let Err(left) = wait_programs_freed(&held) {
             panic!("{when}: programs {left:?} still loaded");

@@ -122,6 +122,7 @@ pub fn run(path: &Path, format: Format) -> Result<crate::exit::Code, Failure> {
         path: path.display().to_string(),
         binary: info,
         functions,
+        attach_path: crate::probes::multi::kernel_path(),
     };
     let text = match format {
         Format::Text => render_inspection(&inspection),

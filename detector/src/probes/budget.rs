@@ -17,7 +17,7 @@ use std::{
 use detector_common::COOKIE_FORCED_GC_ENTER;
 
 use super::{
-    attach::{AttachedPlan, Probes, Snapshot},
+    attach::{AttachPath, AttachedPlan, Probes, Snapshot},
     plan::{Plan, Program},
 };
 
@@ -52,6 +52,14 @@ const PROBATION: Duration = Duration::from_millis(50);
 /// uprobes one at a time, about 0.1 s each (an RCU grace period under a global mutex),
 /// so cycling many at once would back up every uprobe user on the host.
 const MAX_PROBES_PER_UNIT: usize = 8;
+/// The same through uprobe_multi links: a unit is one link, attached and detached in
+/// one step with one wait for grace periods however many uprobes it holds (an inlined
+/// API's sites: at most `plan`'s bound of 64).
+const MAX_PROBES_PER_UNIT_MULTI: usize = 64;
+
+/// Live phases ending this close together end together, so that their units are
+/// detached in one request (see [`DutyCycle::poll`]).
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// Cycled probes stay off for a period while this many detaches are still running:
 /// the kernel serialises them, and a backlog would also block every other attach.
@@ -162,7 +170,13 @@ impl DutyCycle {
         }
         let mut units: Vec<Unit> = by_id
             .into_iter()
-            .filter(|(_, probes)| probes.len() <= MAX_PROBES_PER_UNIT)
+            .filter(|(_, probes)| {
+                probes.len()
+                    <= match attached.path {
+                        AttachPath::UprobeMulti => MAX_PROBES_PER_UNIT_MULTI,
+                        AttachPath::PerUprobe => MAX_PROBES_PER_UNIT,
+                    }
+            })
             .map(|(call_id, probes)| Unit {
                 call_id,
                 hit_cost_s: if probes.iter().any(|&i| plan.probes[i].single_step) {
@@ -246,8 +260,12 @@ impl DutyCycle {
 
     /// Ends the live phases whose time is up.
     pub fn poll(&mut self, now: Instant, probes: &mut Probes, attached: &mut AttachedPlan) {
+        // Units whose phases end together are detached in one request: the guardian
+        // serves one at a time, so separate ones would keep the later units'
+        // breakpoints in while the first one's grace periods pass.
+        let mut off: Vec<usize> = Vec::new();
         for u in &mut self.units {
-            if u.off_at.is_some_and(|t| t <= now) {
+            if u.off_at.is_some_and(|t| t <= now + COALESCE) {
                 u.off_at = None;
                 // A unit staying off for a period is paused and detached already.
                 let Some(since) = u.live_since.take() else {
@@ -259,10 +277,11 @@ impl DutyCycle {
                 let live = Instant::now().saturating_duration_since(since);
                 log::debug!("unit {} off after {live:?} live", u.call_id);
                 u.on_closed += live.as_secs_f64();
-                for &i in &u.probes {
-                    probes.detach_later(attached, i);
-                }
+                off.extend_from_slice(&u.probes);
             }
+        }
+        if !off.is_empty() {
+            probes.detach_unit_later(attached, &off);
         }
     }
 
@@ -406,7 +425,10 @@ impl DutyCycle {
             }
         }
         let period = self.period.as_secs_f64();
-        let tail = probes.detacher().tail().as_secs_f64();
+        // What a phase costs beyond its live time: the breakpoints trap every call
+        // from the start of the re-attach until counting resumes, and after the phase
+        // until the kernel has removed them (both measured; see `detacher`).
+        let tail = (probes.detacher().tail() + probes.detacher().head()).as_secs_f64();
         let mut go_live = vec![false; self.units.len()];
         for (ui, u) in self.units.iter_mut().enumerate() {
             if !measured[ui] {
@@ -452,21 +474,21 @@ impl DutyCycle {
         // behind other uprobe users), so they count nothing past `now`.
         self.poll(now, probes, attached);
         for (ui, u) in self.units.iter_mut().enumerate() {
-            if go_live[ui] {
-                let mut live = false;
-                for &i in &u.probes {
-                    live |= probes.reattach(plan, attached, i);
-                }
-                if live {
-                    // Live from when counting resumes, once the kernel has the
-                    // breakpoint in and the program linked, not from `now`.
-                    probes.set_counting(u.call_id, true);
-                    let t = Instant::now();
-                    log::debug!("unit {} live after {:?}", u.call_id, t - now);
-                    u.live_since = Some(t);
-                    if let Some(off) = u.off_at.as_mut() {
-                        *off += t - now;
-                    }
+            if !go_live[ui] {
+                continue;
+            }
+            // One step for the unit's probes where the kernel has uprobe_multi links.
+            let began = Instant::now();
+            if probes.reattach_unit(plan, attached, &u.probes) {
+                // Live from when counting resumes, once the kernel has the
+                // breakpoint in and the program linked, not from `now`.
+                probes.set_counting(u.call_id, true);
+                let t = Instant::now();
+                probes.detacher().record_head(t - began);
+                log::debug!("unit {} live after {:?}", u.call_id, t - now);
+                u.live_since = Some(t);
+                if let Some(off) = u.off_at.as_mut() {
+                    *off += t - now;
                 }
             }
         }
@@ -474,10 +496,10 @@ impl DutyCycle {
 }
 
 /// How long a cycled unit goes live, given the live time it has saved up (`credit_s`),
-/// or `None` to keep saving. A live phase costs the target its live time plus the
-/// detach tail (the breakpoint stays in, trapping every call, until the kernel has
-/// unregistered it; see [`super::detacher::Detacher::tail`]), so the tail is paid out of the
-/// credit: a hot probe goes live less often rather than over its budget. A phase is
+/// or `None` to keep saving. A live phase costs the target its live time plus its
+/// head and tail (`tail_s`: the breakpoints trap every call, uncounted, while they
+/// go in and until the kernel has removed them; see [`super::detacher`]), so they
+/// are paid out of the credit: a hot probe goes live less often rather than over its budget. A phase is
 /// at least as long as its tail, so that at least half of what it costs is spent
 /// counting (a few phases of 0.1 s measure a rate better than many of 5 ms).
 fn live_phase(credit_s: f64, tail_s: f64, period_s: f64) -> Option<f64> {

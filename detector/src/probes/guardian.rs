@@ -15,6 +15,13 @@
 //! - when detector goes away for any reason, SIGKILL included, the guardian reads the
 //!   end of its socket, closes every descriptor it holds, and exits.
 //!
+//! - uprobe_multi links (see `multi`) register their uprobes in the task that creates
+//!   them and unregister them in the task that closes the last reference, so the
+//!   guardian creates them too, from a duplicate of detector's program descriptor, and
+//!   sends detector a duplicate of the link, closed the same way as an event's: the
+//!   guardian's close is the last one, and if the guardian dies, detector's keeps
+//!   the probes in.
+//!
 //! The guardian runs this same executable (`/proc/self/exe __guardian --for PID`) in
 //! its own session, so a terminal's ^C does not reach it, and it ignores SIGINT,
 //! SIGTERM and SIGHUP: it leaves only once detector has (which a service manager's
@@ -50,6 +57,14 @@ pub const SUBCOMMAND: &str = "__guardian";
 const SOCKET_FD: RawFd = 3;
 /// Signals the guardian ignores: it leaves when detector has gone, not before.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Ids in one CLOSE_MANY message (its size stays well under the socket's buffer).
+const MAX_IDS_PER_MESSAGE: usize = 4096;
+/// Offsets in one OPEN_MULTI message (16 bytes each, and the path).
+pub const MAX_MULTI_OFFSETS: usize = 2048;
+/// The largest message the guardian reads.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Threads the guardian closes descriptors on at once.
+const CLOSE_THREADS: usize = 16;
 /// How long detector waits for a new guardian to say it is ready.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,6 +84,14 @@ mod msg {
     pub const CLOSED: u8 = b'c';
     /// detector → guardian: detector is leaving cleanly (its links are closed).
     pub const BYE: u8 = b'B';
+    /// detector → guardian: create a uprobe_multi link: pid (i32, -1 = every
+    /// process), count (u32), offsets (u64 each), cookies (u64 each), path (rest);
+    /// the program's descriptor attached. Replies OPENED (the link's descriptor
+    /// attached) or FAILED.
+    pub const OPEN_MULTI: u8 = b'M';
+    /// detector → guardian: close the probes with these ids (u64 each) side by side;
+    /// replies CLOSED once all are.
+    pub const CLOSE_MANY: u8 = b'D';
     pub const VERSION: u32 = 1;
 }
 
@@ -230,6 +253,83 @@ impl Guardian {
         }
     }
 
+    /// Asks the guardian to create a uprobe_multi link of `prog` (see
+    /// [`uprobe::link_multi`]): a duplicate of the link, and the id that closes the
+    /// guardian's. `Err(None)` when the guardian is gone.
+    pub fn open_multi(
+        &self,
+        prog: BorrowedFd<'_>,
+        path: &Path,
+        offsets: &[u64],
+        cookies: &[u64],
+        pid: Option<u32>,
+    ) -> Result<Opened, Option<io::Error>> {
+        if self.is_lost() {
+            return Err(None);
+        }
+        let mut req = vec![msg::OPEN_MULTI];
+        req.extend_from_slice(&pid.map_or(-1, |p| p as i32).to_le_bytes());
+        req.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
+        for v in offsets.iter().chain(cookies) {
+            req.extend_from_slice(&v.to_le_bytes());
+        }
+        req.extend_from_slice(path.as_os_str().as_bytes());
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = [0u8; 16];
+        let reply =
+            send(socket.as_fd(), &req, Some(prog)).and_then(|_| receive(socket.as_fd(), &mut buf));
+        match reply {
+            Ok((9, Some(event))) if buf[0] == msg::OPENED => Ok(Opened {
+                event,
+                id: u64_at(&buf, 1).unwrap_or_default(),
+            }),
+            Ok((5, None)) if buf[0] == msg::FAILED => Err(Some(io::Error::from_raw_os_error(
+                u32_at(&buf, 1).unwrap_or_default() as i32,
+            ))),
+            Ok(_) => {
+                let e = io::Error::other("the guardian sent a malformed reply");
+                self.lose(&e);
+                Err(None)
+            }
+            Err(e) => {
+                self.lose(&e);
+                Err(None)
+            }
+        }
+    }
+
+    /// Asks the guardian to close every probe in `ids` side by side (their grace
+    /// periods overlap), and waits until it has. Returns how long the request waited
+    /// for the guardian (it serves one at a time) before it was sent.
+    pub fn close_many(&self, ids: &[u64]) -> Duration {
+        let t0 = std::time::Instant::now();
+        let mut queued = None;
+        if self.is_lost() || ids.is_empty() {
+            return Duration::ZERO;
+        }
+        for chunk in ids.chunks(MAX_IDS_PER_MESSAGE) {
+            let mut req = vec![msg::CLOSE_MANY];
+            for id in chunk {
+                req.extend_from_slice(&id.to_le_bytes());
+            }
+            let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+            let queued = *queued.get_or_insert_with(|| t0.elapsed());
+            let mut buf = [0u8; 4];
+            match send(socket.as_fd(), &req, None).and_then(|_| receive(socket.as_fd(), &mut buf)) {
+                Ok((1, None)) if buf[0] == msg::CLOSED => {}
+                Ok(_) => {
+                    self.lose(&io::Error::other("the guardian sent a malformed reply"));
+                    return queued;
+                }
+                Err(e) => {
+                    self.lose(&e);
+                    return queued;
+                }
+            }
+        }
+        queued.unwrap_or_default()
+    }
+
     /// Asks the guardian to close probe `id`, and waits until it has: the breakpoint
     /// is gone from the target when this returns (unless the guardian is).
     pub fn close(&self, id: u64) {
@@ -368,15 +468,49 @@ pub fn serve() -> crate::exit::Code {
     let mut hello = vec![msg::HELLO];
     hello.extend_from_slice(&msg::VERSION.to_le_bytes());
     let mut talking = send(socket.as_fd(), &hello, None).is_ok();
-    let mut buf = vec![0u8; 8192];
+    let mut buf = vec![0u8; MAX_REQUEST];
     let mut bye = false;
     while talking {
-        let n = match receive(socket.as_fd(), &mut buf) {
-            Ok((n, _)) => n,
+        let (n, passed) = match receive(socket.as_fd(), &mut buf) {
+            Ok(got) => got,
             Err(_) => break,
         };
         let req = &buf[..n];
         talking = match req.first() {
+            Some(&msg::OPEN_MULTI) if n >= 9 => {
+                let result = match (passed, parse_open_multi(req)) {
+                    (Some(prog), Some((pid, offsets, cookies, path))) => {
+                        uprobe::link_multi(prog.as_fd(), path, &offsets, &cookies, pid)
+                    }
+                    _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                };
+                match result {
+                    Ok(link) => {
+                        let id = next_id;
+                        next_id += 1;
+                        let mut reply = vec![msg::OPENED];
+                        reply.extend_from_slice(&id.to_le_bytes());
+                        let sent = send(socket.as_fd(), &reply, Some(link.as_fd()));
+                        held.insert(id, link);
+                        sent.is_ok()
+                    }
+                    Err(e) => {
+                        let mut reply = vec![msg::FAILED];
+                        reply.extend_from_slice(
+                            &e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes(),
+                        );
+                        send(socket.as_fd(), &reply, None).is_ok()
+                    }
+                }
+            }
+            Some(&msg::CLOSE_MANY) if (n - 1) % 8 == 0 => {
+                let fds: Vec<OwnedFd> = req[1..]
+                    .chunks_exact(8)
+                    .filter_map(|c| held.remove(&u64::from_le_bytes(c.try_into().ok()?)))
+                    .collect();
+                close_side_by_side(fds);
+                send(socket.as_fd(), &[msg::CLOSED], None).is_ok()
+            }
             Some(&msg::OPEN) if n >= 13 => {
                 let pid = u32_at(req, 1).unwrap_or_default() as i32;
                 let offset = u64_at(req, 5).unwrap_or_default();
@@ -424,8 +558,47 @@ pub fn serve() -> crate::exit::Code {
             wait_exit(pidfd.as_fd(), Duration::from_secs(10));
         }
     }
-    drop(held);
+    close_side_by_side(held.into_values().collect());
     crate::exit::Code::NoFindings
+}
+
+/// Reads an OPEN_MULTI request: pid, offsets, cookies, path.
+#[allow(clippy::type_complexity)]
+fn parse_open_multi(req: &[u8]) -> Option<(Option<u32>, Vec<u64>, Vec<u64>, &Path)> {
+    let pid = u32_at(req, 1)? as i32;
+    let cnt = u32_at(req, 5)? as usize;
+    let words = req.get(9..9 + cnt.checked_mul(16)?)?;
+    let (offsets, cookies) = words.split_at(cnt * 8);
+    let read = |b: &[u8]| -> Vec<u64> {
+        b.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    };
+    let path = Path::new(std::ffi::OsStr::from_bytes(req.get(9 + cnt * 16..)?));
+    Some((
+        (pid >= 0).then_some(pid as u32),
+        read(offsets),
+        read(cookies),
+        path,
+    ))
+}
+
+/// Closes `fds` on several threads at once: each last close of a uprobe (or link)
+/// waits for the kernel's grace periods, and waits that overlap end together.
+fn close_side_by_side(fds: Vec<OwnedFd>) {
+    if fds.len() <= 1 {
+        drop(fds);
+        return;
+    }
+    let per = fds.len().div_ceil(CLOSE_THREADS);
+    let mut fds = fds;
+    std::thread::scope(|s| {
+        while !fds.is_empty() {
+            let batch: Vec<OwnedFd> = fds.drain(..per.min(fds.len())).collect();
+            // A thread that cannot start drops its closure, and the batch with it, here.
+            let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(batch));
+        }
+    });
 }
 
 /// A pidfd of the detector this guardian serves (`--for PID`), when it is still our

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod detacher;
 pub mod extrapolate;
 pub mod guardian;
+pub mod multi;
 pub mod plan;
 pub mod privileges;
 pub mod uprobe;

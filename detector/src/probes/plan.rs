@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// The eBPF program a probe runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Program {
     CountCall,

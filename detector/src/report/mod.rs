@@ -24,6 +24,9 @@ pub struct ProbeInfo {
     /// `--overhead-budget` in effect: percent of one core the probes may cost the
     /// target (0: off). Calls whose probes it duty-cycled carry `sampled`.
     pub overhead_budget_percent: f64,
+    /// How the probes went in and out: `uprobe_multi` (Linux 6.6+: one link per
+    /// program and probe id, detached in one step) or `per_uprobe` (a perf event each).
+    pub attach_path: crate::probes::attach::AttachPath,
 }
 
 /// The version of the JSON report's shape, `schema_version` in every report and
@@ -103,4 +106,7 @@ pub struct Inspection {
     pub path: String,
     pub binary: BinaryInfo,
     pub functions: Vec<FunctionReport>,
+    /// How `diagnose` and `watch` would attach on this kernel (see
+    /// [`ProbeInfo::attach_path`]); null when it cannot be told without privileges.
+    pub attach_path: Option<crate::probes::attach::AttachPath>,
 }

@@ -24,12 +24,13 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     let _ = writeln!(o, "detector diagnose: pid {} {}", t.pid, t.exe);
     let _ = writeln!(
         o,
-        "  {}{}{}, watched {:.1} s, {} probes attached",
+        "  {}{}{}, watched {:.1} s, {} probes attached ({})",
         t.go_version,
         if kind.is_empty() { "" } else { ", " },
         kind.join(", "),
         c.duration_s,
-        d.probes.attached
+        d.probes.attached,
+        d.probes.attach_path.describe()
     );
     if let Some(after) = d.target_exited_after_s {
         let _ = writeln!(
@@ -218,6 +219,14 @@ pub fn render_inspection(i: &Inspection) -> String {
     if let Some(m) = &b.main_module {
         let _ = writeln!(o, "  main module: {m}");
     }
+    let _ = writeln!(
+        o,
+        "  attach path on this kernel: {}",
+        i.attach_path.map_or(
+            "unknown without BPF privileges (uprobe_multi links on Linux 6.6+)",
+            |p| p.describe()
+        )
+    );
     let _ = writeln!(o);
     let _ = writeln!(
         o,

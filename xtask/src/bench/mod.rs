@@ -402,7 +402,18 @@ struct Diagnose {
 
 impl Diagnose {
     fn start(detector: &Path, pid: u32, extra: &[&str]) -> Result<Diagnose> {
+        Self::start_env(detector, pid, extra, &[])
+    }
+
+    /// The same with `env` set for detector (e.g. the attach path it must take).
+    fn start_env(
+        detector: &Path,
+        pid: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Diagnose> {
         let mut child = Command::new(detector)
+            .envs(env.iter().copied())
             .args(["diagnose", "--pid", &pid.to_string()])
             .args(["--duration", "60s", "--format", "json"])
             .args(extra)
@@ -448,7 +459,12 @@ impl Diagnose {
     }
 
     /// SIGINT ends the window early; returns the time until it exited and its JSON.
-    fn stop(mut self) -> Result<(Duration, Value)> {
+    fn stop(self) -> Result<(Duration, Value)> {
+        self.stop_with_stderr().map(|(t, json, _)| (t, json))
+    }
+
+    /// [`Diagnose::stop`], and what detector wrote on stderr.
+    fn stop_with_stderr(mut self) -> Result<(Duration, Value, String)> {
         let asked = Instant::now();
         signal(self.proc.0.id(), "INT")?;
         let status = wait_timeout(&mut self.proc.0, Duration::from_secs(120))?
@@ -467,7 +483,8 @@ impl Diagnose {
             );
         }
         let json = serde_json::from_str(&out).context("detector's JSON report")?;
-        Ok((took, json))
+        let stderr = self.stderr();
+        Ok((took, json, stderr))
     }
 }
 

@@ -139,6 +139,16 @@ pub struct HostTick<K: Ord + Copy> {
 }
 
 impl<K: Ord + Copy> HostTick<K> {
+    /// Every process with entries in the kernel maps, watched or not.
+    pub fn pids(&self) -> HashSet<u32> {
+        self.binaries
+            .values()
+            .flat_map(|b| b.by_pid.keys())
+            .chain(self.stw.keys())
+            .copied()
+            .collect()
+    }
+
     /// Process `pid`'s cumulative counts, if it runs the binary of session `key`.
     pub fn process(&self, key: K, target: &Target) -> Tick {
         let b = self.binaries.get(&key);

@@ -201,12 +201,23 @@ pub fn start_watch(
     extra: &[&std::ffi::OsStr],
     scheme: &str,
 ) -> (std::process::Child, String) {
+    start_watch_env(exe_glob, extra, scheme, &[])
+}
+
+/// [`start_watch`] with extra environment variables (e.g. the hidden map size knob).
+pub fn start_watch_env(
+    exe_glob: &str,
+    extra: &[&std::ffi::OsStr],
+    scheme: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut watch = Command::new(detector_bin())
         .args(["watch", "--listen", "127.0.0.1:0", "--interval", "500ms"])
         .args(["--window", "10s", "--exe", exe_glob])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

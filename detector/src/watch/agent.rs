@@ -156,6 +156,7 @@ impl Agent {
         let unused = self.update_processes(&procs);
         let now = Instant::now();
         let seen = self.host.tick(now);
+        self.forget_strays(&seen);
         let mut exported = Vec::with_capacity(self.procs.len());
         let tick = self.stats.ticks;
         for (pid, w) in self.procs.iter_mut() {
@@ -210,6 +211,24 @@ impl Agent {
         // Unregistering uprobes waits for the kernel (RCU): done after publishing, so
         // an exited process's series are gone from /metrics at once.
         self.host.detach(unused);
+    }
+
+    /// Drops the kernel entries of processes that ran a watched binary but are not
+    /// watched and have exited: shorter-lived than a scan, or left out by
+    /// --max-processes. Without this, short-lived processes fill the maps.
+    fn forget_strays(&mut self, seen: &session::HostTick<BinaryKey>) {
+        let strays: HashSet<u32> = seen
+            .pids()
+            .into_iter()
+            .filter(|pid| {
+                !self.procs.contains_key(pid)
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+            .collect();
+        if !strays.is_empty() {
+            log::debug!("forgetting {} exited unwatched processes", strays.len());
+            self.host.forget(&strays);
+        }
     }
 
     /// New processes are analysed (once per binary) and attached; gone ones dropped,

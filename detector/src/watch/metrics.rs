@@ -251,6 +251,14 @@ impl Collector for StateCollector {
             Counter,
             c(s.ticks),
         )?;
+        let kerr = |i: u32| s.kernel_errors.get(i as usize).copied().unwrap_or(0);
+        single(
+            &mut enc,
+            "detector_calls_not_attributed",
+            "Calls counted without their call site, argument and stack because the kernel's call map was full (they are in detector_runtime_calls_total; calls lost outright are detector_kernel_errors_total{kind=\"call_lost\"})",
+            Counter,
+            c(kerr(detector_common::errors::CALL_MAP_FULL)),
+        )?;
         let mut m = enc.encode_descriptor(
             "detector_kernel_errors",
             "Kernel-side updates lost, by kind",

@@ -4,6 +4,7 @@ pub mod accuracy;
 pub mod breakpoints;
 pub mod corpus;
 pub mod http;
+pub mod oddball;
 pub mod schema;
 pub mod soak;
 

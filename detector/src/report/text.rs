@@ -34,7 +34,7 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     if let Some(after) = d.target_exited_after_s {
         let _ = writeln!(
             o,
-            "  the process exited {after:.1} s into the window: this report covers what was collected until then"
+            "  the process exited (or exec'd another program) {after:.1} s into the window: this report covers what was collected until then"
         );
     }
     for (sym, err) in &d.probes.failed {

@@ -64,7 +64,7 @@ fn full_call_map_keeps_totals_and_counts_the_loss_under_watch() {
     );
     let (mut watch, addr) = start_watch_env(
         &glob,
-        &[],
+        &["--per-pid-series".as_ref()],
         "http",
         &[("DETECTOR_MAP_SIZES", "CALLS=1,STACKS=1")],
     );

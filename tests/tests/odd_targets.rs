@@ -29,9 +29,9 @@ fn fixture(minor: u32, kind: &str) -> std::path::PathBuf {
     version_dir("oddball", minor).join(kind).join("oddball")
 }
 
-/// The agent for the copies of `tag`.
+/// The agent for the copies of `tag`; `--per-pid-series` so counts are by process.
 fn watch(tag: &str) -> (std::process::Child, String) {
-    start_watch(&glob(tag), &[], "http")
+    start_watch(&glob(tag), &["--per-pid-series".as_ref()], "http")
 }
 
 /// SIGTERM: the agent exits 0, and leaves no breakpoint in `pids` (running `exe`).

@@ -35,6 +35,8 @@ pub struct Config {
     pub max_processes: usize,
     /// CPU the probes may cost each target process (see `probes::budget`).
     pub budget: Budget,
+    /// Processes exported with series of their own (`pid` label); the rest by service.
+    pub per_pid_series: usize,
 }
 
 /// One watched process, as exported.
@@ -86,6 +88,10 @@ pub struct SelfStats {
 #[derive(Clone, Debug, Default)]
 pub struct Exported {
     pub processes: Vec<ProcExport>,
+    /// The series groups /metrics exports (see `metrics::Services`).
+    pub series: Vec<super::metrics::SeriesGroup>,
+    /// Processes left out of per-pid series by the cap.
+    pub per_pid_capped: u64,
     pub stats: SelfStats,
     pub last_tick: Option<Instant>,
 }
@@ -124,6 +130,7 @@ pub struct Agent {
     procs: HashMap<u32, Watched>,
     stats: SelfStats,
     shared: Arc<Mutex<Exported>>,
+    services: super::metrics::Services,
 }
 
 impl Agent {
@@ -135,6 +142,7 @@ impl Agent {
             procs: HashMap::new(),
             stats: SelfStats::default(),
             shared,
+            services: Default::default(),
         }
     }
 
@@ -201,8 +209,13 @@ impl Agent {
         self.stats.probes_duty_cycled = sessions().map(|s| s.duty.cycled().len() as u64).sum();
         self.stats.binaries_attached = sessions().count() as u64;
         self.stats.probes_attached = sessions().map(|s| s.attached.attached as u64).sum();
+        let (series, per_pid_capped) =
+            self.services
+                .update(&exported, self.cfg.per_pid_series, now);
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         *shared = Exported {
+            series,
+            per_pid_capped,
             processes: exported,
             stats: self.stats.clone(),
             last_tick: Some(now),

@@ -134,6 +134,9 @@ pub struct HostTick<K: Ord + Copy> {
     /// The whole snapshot's kernel-side error counters and total hits.
     pub errors: [u64; detector_common::errors::COUNT as usize],
     pub hits: u64,
+    /// Entries in the kernel maps read at this tick: (map, entries), for the
+    /// agent's self-metrics (the call map's count includes calls without a site).
+    pub map_entries: [(&'static str, u64); 3],
     /// Every known calling stack (all processes).
     stacks: std::sync::Arc<HashMap<detector_common::StackKey, detector_common::Stack>>,
 }
@@ -273,6 +276,11 @@ impl<K: Ord + Copy> Host<K> {
             stw,
             errors: raw.errors,
             hits: raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>(),
+            map_entries: [
+                ("calls", raw.calls.len() as u64),
+                ("stacks", raw.stacks.len() as u64),
+                ("stw", raw.stw.len() as u64),
+            ],
             stacks: raw.stacks.clone(),
         }
     }

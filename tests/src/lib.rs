@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end and analysis tests: where the fixtures and the
 //! detector binary are, and checks that fail loudly instead of skipping.
 pub mod accuracy;
+pub mod agent_soak;
 pub mod breakpoints;
 pub mod corpus;
 pub mod http;

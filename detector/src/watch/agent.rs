@@ -80,6 +80,10 @@ pub struct SelfStats {
     /// Go processes left out by --max-processes.
     pub processes_over_limit: u64,
     pub kernel_errors: Vec<u64>,
+    /// (map, entries) in the kernel maps at the last tick.
+    pub map_entries: Vec<(&'static str, u64)>,
+    /// Processes watched since start (each new pid once).
+    pub processes_discovered: u64,
     pub ticks: u64,
     pub last_tick_seconds: f64,
 }
@@ -131,6 +135,11 @@ pub struct Agent {
     stats: SelfStats,
     shared: Arc<Mutex<Exported>>,
     services: super::metrics::Services,
+    /// An open descriptor of each watched binary: probes are attached (and the duty
+    /// cycle re-attaches them) through `/proc/self/fd/N`, which stays valid when the
+    /// process it was found through exits (under churn, it often has before the
+    /// attach is done).
+    exe_files: HashMap<BinaryKey, std::fs::File>,
 }
 
 impl Agent {
@@ -143,6 +152,7 @@ impl Agent {
             stats: SelfStats::default(),
             shared,
             services: Default::default(),
+            exe_files: HashMap::new(),
         }
     }
 
@@ -177,7 +187,12 @@ impl Agent {
             while w.ticks.len() > 2 && now.duration_since(w.ticks[1].at) >= self.cfg.window {
                 w.ticks.pop_front();
             }
-            if w.judged.is_none() || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
+            // A new process (or one seen again after an agent restart) is judged at
+            // its first three ticks, so its findings show up a tick or two after the
+            // evidence, not up to JUDGE_EVERY_TICKS later (twice more per process:
+            // cheap under churn).
+            let young = w.ticks.len() <= 3;
+            if young || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
                 let d = session::judge(
                     &w.target,
                     session,
@@ -203,6 +218,7 @@ impl Agent {
         self.stats.processes_watched = self.procs.len() as u64;
         self.stats.probe_hits = seen.hits;
         self.stats.kernel_errors = seen.errors.to_vec();
+        self.stats.map_entries = seen.map_entries.to_vec();
         self.stats.probe_guardian_up = self.host.probes().guardian_running() as u64;
         self.stats.probe_detach_tail_seconds = self.host.probes().detacher().tail().as_secs_f64();
         let sessions = || self.host.sessions().map(|(_, s)| s);
@@ -272,6 +288,11 @@ impl Agent {
             }
             if !self.binaries.contains_key(&p.key) {
                 let b = self.analyse(p);
+                if matches!(b, Binary::Ignored) && !crate::target::is_alive(p.pid) {
+                    // Gone before its binary could be opened: not the binary's fault,
+                    // another of its processes tries again.
+                    continue;
+                }
                 self.binaries.insert(p.key, b);
             }
             let Some(Binary::Watched(b)) = self.binaries.get(&p.key) else {
@@ -281,6 +302,7 @@ impl Agent {
                 over += 1;
                 continue;
             }
+            self.stats.processes_discovered += 1;
             self.procs.insert(
                 p.pid,
                 Watched {
@@ -306,6 +328,7 @@ impl Agent {
             .collect();
         for k in &unused {
             self.binaries.remove(k);
+            self.exe_files.remove(k);
         }
         unused
     }
@@ -319,7 +342,14 @@ impl Agent {
     }
 
     fn try_analyse(&mut self, p: &Proc) -> Binary {
-        let exe = std::path::PathBuf::from(format!("/proc/{}/exe", p.pid));
+        let Ok(file) = std::fs::File::open(format!("/proc/{}/exe", p.pid)) else {
+            return Binary::Ignored;
+        };
+        let exe = std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
         // Most processes on a host are not Go: the cheap refusal comes first.
         let Ok(binary) = GoBinary::open(&exe) else {
             return Binary::Ignored;
@@ -344,6 +374,7 @@ impl Agent {
                 );
                 // Analysis read much of the file; keep only what later lookups touch.
                 binary.release_pages();
+                self.exe_files.insert(p.key, file);
                 Binary::Watched(Arc::new(binary))
             }
             Err(e) => {

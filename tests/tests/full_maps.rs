@@ -11,7 +11,7 @@ use std::{
 
 use detector_tests::{
     detector_bin, http, require_bpf_privileges,
-    soak::{signal, Service, SIGTERM},
+    soak::{signal, Guard, Service, SIGTERM},
     start_watch_env, version_dir,
 };
 
@@ -62,12 +62,14 @@ fn full_call_map_keeps_totals_and_counts_the_loss_under_watch() {
         std::env::temp_dir().canonicalize().unwrap().display(),
         std::process::id()
     );
-    let (mut watch, addr) = start_watch_env(
+    let (watch, addr) = start_watch_env(
         &glob,
         &["--per-pid-series".as_ref()],
         "http",
         &[("DETECTOR_MAP_SIZES", "CALLS=1,STACKS=1")],
     );
+    // Killed if the test fails half-way.
+    let mut watch = Guard(watch);
     let first_pid = first.pid().to_string();
     wait_until(
         "the first service's calls exported",
@@ -138,8 +140,8 @@ fn full_call_map_keeps_totals_and_counts_the_loss_under_watch() {
     let (_, body) = http::get(&addr, "/findings").expect("GET /findings");
     assert!(body.contains(&second_pid), "{body}");
 
-    signal(watch.id(), SIGTERM);
-    let status = watch.wait().unwrap();
+    signal(watch.0.id(), SIGTERM);
+    let status = watch.0.wait().unwrap();
     assert!(status.success(), "watch exited with {status}");
     first.stop().expect("the first target exits cleanly");
     second.stop().expect("the second target exits cleanly");

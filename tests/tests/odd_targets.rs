@@ -21,7 +21,7 @@ use detector_tests::{
         wait_watched, Oddball, SIGCONT, SIGSTOP,
     },
     require_bpf_privileges,
-    soak::{signal, SIGTERM},
+    soak::{signal, Guard, SIGTERM},
     start_watch, version_dir,
 };
 
@@ -30,15 +30,17 @@ fn fixture(minor: u32, kind: &str) -> std::path::PathBuf {
 }
 
 /// The agent for the copies of `tag`; `--per-pid-series` so counts are by process.
-fn watch(tag: &str) -> (std::process::Child, String) {
-    start_watch(&glob(tag), &["--per-pid-series".as_ref()], "http")
+/// Killed when dropped (a failed test leaves no agent behind).
+fn watch(tag: &str) -> (Guard, String) {
+    let (w, addr) = start_watch(&glob(tag), &["--per-pid-series".as_ref()], "http");
+    (Guard(w), addr)
 }
 
 /// SIGTERM: the agent exits 0, and leaves no breakpoint in `pids` (running `exe`).
-fn stop_watch(mut w: std::process::Child, exe: &std::path::Path, pids: &[u32]) {
+fn stop_watch(mut w: Guard, exe: &std::path::Path, pids: &[u32]) {
     let sites = probe_sites(&detector_bin(), exe);
-    signal(w.id(), SIGTERM);
-    let status = wait_exit(&mut w, Duration::from_secs(60));
+    signal(w.0.id(), SIGTERM);
+    let status = wait_exit(&mut w.0, Duration::from_secs(60));
     assert!(status.success(), "watch exited with {status}");
     for &pid in pids {
         wait_no_breakpoints(pid, &sites, Duration::from_secs(10)).unwrap();

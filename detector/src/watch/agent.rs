@@ -187,12 +187,13 @@ impl Agent {
             while w.ticks.len() > 2 && now.duration_since(w.ticks[1].at) >= self.cfg.window {
                 w.ticks.pop_front();
             }
-            // A new process (or one seen again after an agent restart) is judged at
-            // its first three ticks, so its findings show up a tick or two after the
-            // evidence, not up to JUDGE_EVERY_TICKS later (twice more per process:
-            // cheap under churn).
-            let young = w.ticks.len() <= 3;
-            if young || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
+            // Right after the agent starts (a restart), every process is judged at
+            // each of the first ticks, so findings are back a tick or two after the
+            // evidence, not up to JUDGE_EVERY_TICKS later. Not later on: judging every
+            // new process at each tick costs too much under churn.
+            let young = tick <= 3;
+            if w.judged.is_none() || young || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS)
+            {
                 let d = session::judge(
                     &w.target,
                     session,

@@ -20,6 +20,13 @@ pub const STW_BUCKETS: usize = 1 + STW_OCTAVES * STW_SUB;
 
 /// Maximum distinct (process, probe, caller, argument, stack) tuples kept in the kernel.
 pub const MAX_CALL_KEYS: u32 = 16_384;
+/// Maximum distinct (process, probe) pairs counted without their call site, once
+/// the call map is full (see [`UNSITED_CALLER`]).
+pub const MAX_UNSITED_KEYS: u32 = 4_096;
+/// The `caller` of a call counted without its call site, argument and stack because
+/// the call map was full: such calls still add to their process's and function's
+/// totals (no real return address is all ones).
+pub const UNSITED_CALLER: u64 = u64::MAX;
 /// Maximum distinct (process, stack) entries kept in the kernel.
 pub const MAX_STACKS: u32 = 16_384;
 /// Return addresses walked above the calling function, along Go's frame pointers:
@@ -298,7 +305,8 @@ pub const RESTART_GO119: u64 = 4;
 
 /// Indices into the per-CPU error counter array.
 pub mod errors {
-    /// A call counter update failed (map full).
+    /// A call's (process, probe, caller, argument, stack) key could not be stored
+    /// (call map full): the call is counted by (process, probe) without its call site.
     pub const CALL_MAP_FULL: u32 = 0;
     /// A pause statistics update failed (map full).
     pub const STW_MAP_FULL: u32 = 1;
@@ -312,7 +320,12 @@ pub mod errors {
     pub const STACK_MAP_FULL: u32 = 5;
     /// A stack was deeper than [`super::STACK_FRAMES`]: its outer frames are unknown.
     pub const STACK_TRUNCATED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// A call was not counted at all: the call map and its overflow were both full.
+    pub const CALL_LOST: u32 = 7;
+    /// A pause start could not be recorded (the in-flight pause map was full): that
+    /// pause is not measured.
+    pub const STW_OPEN_MAP_FULL: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Each counter's name, by index (metric labels, report lines).
     pub const NAMES: [&str; COUNT as usize] = [
         "call_map_full",
@@ -322,6 +335,17 @@ pub mod errors {
         "forced_gc_map_full",
         "stack_map_full",
         "stack_truncated",
+        "call_lost",
+        "stw_open_map_full",
+    ];
+    /// The counters that mean a kernel map was full (what was lost is said by each).
+    pub const MAP_FULL: [u32; 6] = [
+        CALL_MAP_FULL,
+        CALL_LOST,
+        STW_MAP_FULL,
+        STW_OPEN_MAP_FULL,
+        FORCED_GC_MAP_FULL,
+        STACK_MAP_FULL,
     ];
 }
 

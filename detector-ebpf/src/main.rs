@@ -38,15 +38,21 @@ use detector_common::{
     errors, morestack_bound, pause_bucket, stack_hash, ArgMode, CallKey, Stack, StackKey, StwKey,
     StwOpen, StwStats, COOKIE_ARG_SHIFT, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
     COOKIE_ON_STACK_CHECK, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_PAUSED_PROBES,
-    MAX_STACKS, MAX_STW_KEYS, RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX,
-    RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED, STW_BUCKETS,
-    STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG,
-    STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
-    STW_REASON_STRING_FLAG,
+    MAX_STACKS, MAX_STW_KEYS, MAX_UNSITED_KEYS, RESTART_GO119, RESTART_GO121,
+    RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED,
+    STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
+    STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM,
+    STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG, UNSITED_CALLER,
 };
 
 #[map]
 static CALLS: PerCpuHashMap<CallKey, u64> = PerCpuHashMap::with_max_entries(MAX_CALL_KEYS, 0);
+
+/// Calls by (process, probe) alone, their `caller` [`UNSITED_CALLER`]: where a call
+/// goes when `CALLS` is full, so that totals stay right (its call site is lost).
+#[map]
+static CALLS_UNSITED: PerCpuHashMap<CallKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_UNSITED_KEYS, 0);
 
 /// Calling stacks by hash, written once per distinct stack (most hits find theirs
 /// already there). Entries are allocated on first use, not preallocated.
@@ -179,10 +185,33 @@ pub fn count_call(ctx: ProbeContext) -> u32 {
         // Lost a race with another insert on this CPU's slot, or the map is full.
         match CALLS.get_ptr_mut(&key) {
             Some(n) => unsafe { *n += 1 },
-            None => count_error(errors::CALL_MAP_FULL),
+            None => count_unsited(tgid, cookie as u32),
         }
     }
     0
+}
+
+/// Counts a call `CALLS` had no room for by (process, probe) alone.
+#[inline(always)]
+fn count_unsited(tgid: u32, probe: u32) {
+    count_error(errors::CALL_MAP_FULL);
+    let key = CallKey {
+        tgid,
+        probe,
+        caller: UNSITED_CALLER,
+        arg: 0,
+        stack: 0,
+    };
+    if let Some(n) = CALLS_UNSITED.get_ptr_mut(&key) {
+        unsafe { *n += 1 };
+        return;
+    }
+    if CALLS_UNSITED.insert(&key, &1, BPF_NOEXIST as u64).is_err() {
+        match CALLS_UNSITED.get_ptr_mut(&key) {
+            Some(n) => unsafe { *n += 1 },
+            None => count_error(errors::CALL_LOST),
+        }
+    }
 }
 
 /// Bytes of the target's stack copied at once: one read (a helper call, about 25 ns
@@ -413,7 +442,9 @@ pub fn stw_start(ctx: ProbeContext) -> u32 {
         rt_stopping_ns: 0,
         end_at_restart: 0,
     };
-    let _ = STW_OPEN.insert(&tgid, &open, 0);
+    if STW_OPEN.insert(&tgid, &open, 0).is_err() {
+        count_error(errors::STW_OPEN_MAP_FULL);
+    }
     0
 }
 

@@ -12,6 +12,8 @@ pub mod apis;
 pub mod cmd;
 pub mod collect;
 pub mod exit;
+/// The kernel-side contract (map keys, error counter names), for tests and tools.
+pub use detector_common as common;
 pub use detector_gobin as gobin;
 pub mod probes;
 pub mod report;

@@ -87,6 +87,11 @@ enum Command {
         /// Watch (and export) at most this many processes: bounds the series count.
         #[arg(long, default_value_t = 100)]
         max_processes: usize,
+        /// Export series of their own (a `pid` label) for up to MAX processes, lowest
+        /// pids first (200 when no MAX is given); by default, and beyond MAX, series
+        /// are by service: executable and container.
+        #[arg(long, value_name = "MAX", num_args = 0..=1, default_missing_value = "200")]
+        per_pid_series: Option<usize>,
         /// TLS and basic auth for every endpoint, from a Prometheus exporter-toolkit
         /// web config file (tls_server_config, basic_auth_users with bcrypt hashes).
         #[arg(long, value_name = "FILE")]
@@ -184,6 +189,7 @@ fn main() -> ExitCode {
             interval,
             window,
             max_processes,
+            per_pid_series,
             web_config,
             rules,
             budget,
@@ -205,6 +211,7 @@ fn main() -> ExitCode {
                     window,
                     max_processes,
                     budget: detector::probes::budget::Budget::from_percent(budget.overhead_budget),
+                    per_pid_series: per_pid_series.unwrap_or(0),
                 },
             })
         }),

@@ -135,11 +135,24 @@ pub struct HostTick<K: Ord + Copy> {
     /// The whole snapshot's kernel-side error counters and total hits.
     pub errors: [u64; detector_common::errors::COUNT as usize],
     pub hits: u64,
+    /// Entries in the kernel maps read at this tick: (map, entries), for the
+    /// agent's self-metrics (the call map's count includes calls without a site).
+    pub map_entries: [(&'static str, u64); 3],
     /// Every known calling stack (all processes).
     stacks: std::sync::Arc<HashMap<detector_common::StackKey, detector_common::Stack>>,
 }
 
 impl<K: Ord + Copy> HostTick<K> {
+    /// Every process with entries in the kernel maps, watched or not.
+    pub fn pids(&self) -> HashSet<u32> {
+        self.binaries
+            .values()
+            .flat_map(|b| b.by_pid.keys())
+            .chain(self.stw.keys())
+            .copied()
+            .collect()
+    }
+
     /// Process `pid`'s cumulative counts, if it runs the binary of session `key`.
     pub fn process(&self, key: K, target: &Target) -> Tick {
         let b = self.binaries.get(&key);
@@ -264,6 +277,11 @@ impl<K: Ord + Copy> Host<K> {
             stw,
             errors: raw.errors,
             hits: raw.calls.values().sum::<u64>() + raw.stw.values().map(|s| s.count).sum::<u64>(),
+            map_entries: [
+                ("calls", raw.calls.len() as u64),
+                ("stacks", raw.stacks.len() as u64),
+                ("stw", raw.stw.len() as u64),
+            ],
             stacks: raw.stacks.clone(),
         }
     }

@@ -52,6 +52,10 @@ pub struct Target {
     /// Return addresses already symbolised (`watch` summarises every process on
     /// every tick, and most stacks share most frames).
     frames: Mutex<HashMap<u64, Arc<[Frame]>>>,
+    /// (device, inode) of the file the process ran when opened: a process that
+    /// execs another program is no longer this target (its memory is not laid out
+    /// as the binary says any more), though its pid lives on.
+    exe_id: Option<(u64, u64)>,
 }
 
 /// A call site's function, file and line.
@@ -106,6 +110,7 @@ impl Target {
         Target {
             pid,
             exe_display,
+            exe_id: file_id(&exe_path),
             exe_path,
             cpu_profile_hz_addr: binary.cpu_profile_hz_addr(),
             trace_multiplexer_addr: binary.trace_multiplexer_addr(),
@@ -113,6 +118,12 @@ impl Target {
             load_bias,
             frames: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the process still runs the program it ran when opened (false once it
+    /// has exec'd another one; a binary deleted or replaced on disk is still run).
+    pub fn runs_same_program(&self) -> bool {
+        self.exe_id.is_none() || file_id(&self.exe_path) == self.exe_id
     }
 
     /// The function, file and line of the call whose return address is `caller` (a
@@ -190,8 +201,9 @@ impl Target {
         trace_multiplexer::parse(&b)
     }
 
+    /// True while the process exists, is not a zombie and still runs its program.
     pub fn alive(&self) -> bool {
-        is_alive(self.pid)
+        is_alive(self.pid) && self.runs_same_program()
     }
 
     /// File virtual address of a runtime address in the target.
@@ -208,6 +220,13 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
+/// (device, inode) of a file (through `/proc/PID/exe`: the running file, even when
+/// deleted or replaced on disk).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// True while the process exists and is not a zombie.

@@ -1,9 +1,11 @@
 //! Helpers shared by the end-to-end and analysis tests: where the fixtures and the
 //! detector binary are, and checks that fail loudly instead of skipping.
 pub mod accuracy;
+pub mod agent_soak;
 pub mod breakpoints;
 pub mod corpus;
 pub mod http;
+pub mod oddball;
 pub mod schema;
 pub mod soak;
 
@@ -201,12 +203,23 @@ pub fn start_watch(
     extra: &[&std::ffi::OsStr],
     scheme: &str,
 ) -> (std::process::Child, String) {
+    start_watch_env(exe_glob, extra, scheme, &[])
+}
+
+/// [`start_watch`] with extra environment variables (e.g. the hidden map size knob).
+pub fn start_watch_env(
+    exe_glob: &str,
+    extra: &[&std::ffi::OsStr],
+    scheme: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut watch = Command::new(detector_bin())
         .args(["watch", "--listen", "127.0.0.1:0", "--interval", "500ms"])
         .args(["--window", "10s", "--exe", exe_glob])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

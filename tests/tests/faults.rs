@@ -316,6 +316,7 @@ fn start_watch(exe: &Path, stdout: Stdio, stderr: Stdio) -> (Guard, String) {
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(detector_bin())
         .args(["watch", "--listen", &addr, "--interval", "500ms"])
+        .arg("--per-pid-series")
         .args(["--window", "10s", "--exe"])
         .arg(exe)
         .env("RUST_LOG", "info")

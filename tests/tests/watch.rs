@@ -298,7 +298,7 @@ fn watch_exports_processes_findings_and_detaches_on_sigterm() {
 
 /// Starts `detector watch` on a free port for the fixtures matching `glob`.
 fn start_watch(glob: &str) -> (Child, String) {
-    detector_tests::start_watch(glob, &[], "http")
+    detector_tests::start_watch(glob, &["--per-pid-series".as_ref()], "http")
 }
 
 extern "C" {

@@ -16,7 +16,9 @@ use crate::{
 };
 
 /// Fixture programs (directories under tests/fixtures).
-const FIXTURES: &[&str] = &["allapis", "service", "cases", "hitbench", "stdlib"];
+const FIXTURES: &[&str] = &[
+    "allapis", "service", "cases", "hitbench", "stdlib", "oddball",
+];
 
 /// Build kinds: name, extra `go build` arguments, CGO_ENABLED, keeps symbols.
 const KINDS: &[(&str, &[&str], &str, bool)] = &[

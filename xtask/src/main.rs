@@ -102,6 +102,17 @@ enum Cmd {
         /// Only this build kind (default, stripped, pie, cgo); default: rotate per version.
         #[arg(long)]
         kind: Option<String>,
+        /// Instead: the host agent's soak (`detector watch`): --churn-seconds of new
+        /// short-lived Go processes at --churn-rate per second, then --restarts
+        /// SIGKILL + restart cycles while a target serves requests.
+        #[arg(long)]
+        agent: bool,
+        #[arg(long, default_value_t = 600)]
+        churn_seconds: u64,
+        #[arg(long, default_value_t = 50)]
+        churn_rate: u32,
+        #[arg(long, default_value_t = 100)]
+        restarts: usize,
     },
     /// Measure detector's cost (per probe hit vs. bare and bpftrace; target CPU at
     /// 1k/10k/100k misuse calls/s; the watch agent's CPU and RSS at 1/10/100 processes),
@@ -150,11 +161,19 @@ fn run(cli: Cli) -> Result<()> {
             seconds, target, ..
         } => fuzz::run(seconds, &target),
         Cmd::Soak {
+            agent: true,
+            churn_seconds,
+            churn_rate,
+            restarts,
+            ..
+        } => agent_soak(churn_seconds, churn_rate, restarts),
+        Cmd::Soak {
             cycles,
             go,
             kill_every,
             seed,
             kind,
+            ..
         } => soak(cycles, &go, kill_every, seed, kind),
         Cmd::Accuracy {
             quick,
@@ -326,6 +345,14 @@ fn soak(
     if let Some(k) = kind {
         cmd.args(["--kind", &k]);
     }
+    run_cmd(&mut cmd)
+}
+
+fn agent_soak(churn_seconds: u64, churn_rate: u32, restarts: usize) -> Result<()> {
+    let mut cmd = live_runner("agent_soak")?;
+    cmd.args(["--churn-seconds", &churn_seconds.to_string()])
+        .args(["--churn-rate", &churn_rate.to_string()])
+        .args(["--restarts", &restarts.to_string()]);
     run_cmd(&mut cmd)
 }
 

@@ -295,8 +295,15 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
                 // The maps still hold its counts until the end; what /proc no longer
                 // tells (CPU time, profiling rate) stays as last read.
                 let last = w.ticks.last().expect("first tick");
-                t.cpu_s = t.cpu_s.or(last.cpu_s);
-                t.cpu_profile_hz = t.cpu_profile_hz.or(last.cpu_profile_hz);
+                if crate::target::is_alive(w.target.pid) {
+                    // It exec'd another program: what /proc and its memory tell now
+                    // is that program's.
+                    t.cpu_s = last.cpu_s;
+                    t.cpu_profile_hz = last.cpu_profile_hz;
+                } else {
+                    t.cpu_s = t.cpu_s.or(last.cpu_s);
+                    t.cpu_profile_hz = t.cpu_profile_hz.or(last.cpu_profile_hz);
+                }
                 w.exited_after = Some(now - start);
             }
             w.ticks.push(t);
@@ -340,8 +347,13 @@ pub fn run(o: Options) -> Result<crate::exit::Code, Failure> {
     let written = super::write_stdout(&text);
     for w in &watched {
         if let Some(after) = w.exited_after {
+            let what = if crate::target::is_alive(w.target.pid) {
+                "exec'd another program"
+            } else {
+                "exited"
+            };
             warn(&format!(
-                "process {} exited {:.1} s into the {:.1} s window; reported: what was collected until then (exit code 8)",
+                "process {} {what} {:.1} s into the {:.1} s window; reported: what was collected until then (exit code 8)",
                 w.target.pid,
                 after.as_secs_f64(),
                 o.duration.as_secs_f64()

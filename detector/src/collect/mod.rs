@@ -11,7 +11,7 @@ use std::{
 
 use detector_common::{
     pause_bucket_bounds, CallKey, StwStats, STACK_FRAMES, STW_BUCKETS, STW_FORCED_GC_FLAG,
-    STW_REASON_STRING_FLAG,
+    STW_REASON_STRING_FLAG, UNSITED_CALLER,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,9 @@ use crate::{
 };
 pub use paths::{Culprit, Exclusion};
 pub use stw::Reason;
+
+/// The call site shown for calls counted while the kernel's call map was full.
+pub const UNSITED_SITE: &str = "(call site not recorded: kernel call map full)";
 
 /// What one calling path (probe, call site, stack) was judged to be.
 #[derive(Default)]
@@ -367,6 +370,14 @@ pub fn summarize(
                     let Some(probe) = plan.call_probes.get(k.probe as usize) else {
                         return Judged::default();
                     };
+                    if k.caller == UNSITED_CALLER {
+                        // Counted while the kernel's call map was full: in the totals,
+                        // with no site (and so no culprit to blame).
+                        return Judged {
+                            site: (UNSITED_SITE.to_string(), String::new(), 0),
+                            ..Judged::default()
+                        };
+                    }
                     let stack = s.snap.stack_of(k);
                     let site_frames = target.frames(k.caller);
                     let outer: Vec<_> = stack.iter().map(|&pc| target.frames(pc)).collect();

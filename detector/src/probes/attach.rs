@@ -16,7 +16,7 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::UProbe,
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use detector_common::{errors, CallKey, Stack, StackKey, StwKey, StwOpen, StwStats, HIT_SLOTS};
 
@@ -43,6 +43,51 @@ pub enum ProbeError {
     NothingAttached { target: String, first_error: String },
     #[error("this kernel has no uprobe support: {UPROBE_PMU_TYPE} is missing; detector needs Linux 5.15+ built with CONFIG_UPROBE_EVENTS (and /sys mounted)")]
     NoUprobeSupport,
+}
+
+/// Hidden test knob: `MAP=N[,MAP=N]...` shrinks (or grows) kernel maps at load time,
+/// so tests can fill them (e.g. `CALLS=4,STACKS=2`) and check that every loss is
+/// counted and totals stay right.
+pub const MAP_SIZES_ENV: &str = "DETECTOR_MAP_SIZES";
+
+/// The maps whose size [`MAP_SIZES_ENV`] may set.
+const SIZABLE_MAPS: [&str; 7] = [
+    "CALLS",
+    "CALLS_UNSITED",
+    "STACKS",
+    "STW",
+    "STW_OPEN",
+    "STW_PENDING",
+    "FORCED_GC",
+];
+
+/// The map sizes [`MAP_SIZES_ENV`] asks for (none when unset).
+fn map_sizes_override() -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let Ok(spec) = std::env::var(MAP_SIZES_ENV) else {
+        return Ok(vec![]);
+    };
+    parse_map_sizes(&spec).map_err(|e| ProbeError::Load(format!("{MAP_SIZES_ENV}={spec}: {e}")))
+}
+
+fn parse_map_sizes(spec: &str) -> Result<Vec<(&'static str, u32)>, String> {
+    let mut out = vec![];
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, n) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not MAP=ENTRIES"))?;
+        let name = SIZABLE_MAPS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| format!("no map `{name}` (sizable: {})", SIZABLE_MAPS.join(", ")))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{n}` is not a positive number of entries"))?;
+        out.push((*name, n));
+    }
+    Ok(out)
 }
 
 /// Where the kernel's uprobe PMU announces itself (uprobes are created through it).
@@ -186,7 +231,14 @@ impl Probes {
     /// Loads and verifies every program (no probe attached yet).
     pub fn load() -> Result<Probes, ProbeError> {
         raise_memlock();
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(format!("{e:#}")))?;
+        let mut loader = EbpfLoader::new();
+        for (name, n) in map_sizes_override()? {
+            log::warn!("{MAP_SIZES_ENV}: map {name} holds {n} entries");
+            loader.map_max_entries(name, n);
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(format!("{e:#}")))?;
         for p in PROGRAMS {
             let prog: &mut UProbe = ebpf
                 .program_mut(p.name())
@@ -615,15 +667,17 @@ impl Probes {
         if gone.is_empty() {
             return;
         }
-        if let Some(m) = self.ebpf.map_mut("CALLS") {
-            if let Ok(mut calls) = PerCpuHashMap::<&mut MapData, CallKey, u64>::try_from(m) {
-                let dead: Vec<CallKey> = calls
-                    .keys()
-                    .map_while(Result::ok)
-                    .filter(|k| gone.contains(&k.tgid))
-                    .collect();
-                for k in dead {
-                    let _ = calls.remove(&k);
+        for name in ["CALLS", "CALLS_UNSITED"] {
+            if let Some(m) = self.ebpf.map_mut(name) {
+                if let Ok(mut calls) = PerCpuHashMap::<&mut MapData, CallKey, u64>::try_from(m) {
+                    let dead: Vec<CallKey> = calls
+                        .keys()
+                        .map_while(Result::ok)
+                        .filter(|k| gone.contains(&k.tgid))
+                        .collect();
+                    for k in dead {
+                        let _ = calls.remove(&k);
+                    }
                 }
             }
         }
@@ -796,6 +850,15 @@ impl Probes {
                 }
             }
         }
+        // Calls counted without their site (CALLS was full): their keys' caller is
+        // UNSITED_CALLER, which no CALLS key has, so they merge without clashing.
+        if let Some(m) = self.ebpf.map("CALLS_UNSITED") {
+            if let Ok(calls) = PerCpuHashMap::<&MapData, CallKey, u64>::try_from(m) {
+                for (k, v) in calls.iter().map_while(Result::ok) {
+                    snap.calls.insert(k, v.iter().sum());
+                }
+            }
+        }
         let new: Vec<StackKey> = snap
             .calls
             .keys()
@@ -847,5 +910,23 @@ impl From<ProbeError> for Failure {
             _ => Code::BpfFailed,
         };
         Failure::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_map_sizes;
+
+    #[test]
+    fn map_sizes_knob() {
+        assert_eq!(
+            parse_map_sizes("CALLS=4, stacks=2,").unwrap(),
+            vec![("CALLS", 4), ("STACKS", 2)]
+        );
+        assert!(parse_map_sizes("CALLS")
+            .unwrap_err()
+            .contains("MAP=ENTRIES"));
+        assert!(parse_map_sizes("NOPE=3").unwrap_err().contains("no map"));
+        assert!(parse_map_sizes("CALLS=0").unwrap_err().contains("positive"));
     }
 }

@@ -35,11 +35,14 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
     if let Some(after) = d.target_exited_after_s {
         let _ = writeln!(
             o,
-            "  the process exited {after:.1} s into the window: this report covers what was collected until then"
+            "  the process exited (or exec'd another program) {after:.1} s into the window: this report covers what was collected until then"
         );
     }
     for (sym, err) in &d.probes.failed {
         let _ = writeln!(o, "  warning: probe on {sym} not attached: {err}");
+    }
+    if let Some(w) = map_full_warning(&c.kernel_errors) {
+        let _ = writeln!(o, "  warning: {w}");
     }
     let _ = writeln!(o);
 
@@ -175,6 +178,28 @@ pub fn render_diagnosis(d: &Diagnosis) -> String {
         );
     }
     o
+}
+
+/// What full kernel maps cost this window, in one line (None when nothing).
+pub fn map_full_warning(kernel_errors: &[u64]) -> Option<String> {
+    use detector_common::errors as e;
+    let n = |i: u32| kernel_errors.get(i as usize).copied().unwrap_or(0);
+    let mut parts = vec![];
+    let mut say = |i: u32, what: &str| {
+        if n(i) > 0 {
+            parts.push(format!("{} {what}", n(i)));
+        }
+    };
+    say(
+        e::CALL_MAP_FULL,
+        "calls not attributed to a call site (in the totals)",
+    );
+    say(e::CALL_LOST, "calls lost (not in the totals)");
+    say(e::STACK_MAP_FULL, "calling stacks not stored");
+    say(e::STW_MAP_FULL, "pauses not recorded");
+    say(e::STW_OPEN_MAP_FULL, "pause starts not recorded");
+    say(e::FORCED_GC_MAP_FULL, "forced collections not tracked");
+    (!parts.is_empty()).then(|| format!("kernel maps full: {}", parts.join(", ")))
 }
 
 fn arg_text(api: Api, a: &crate::collect::ArgCount) -> String {

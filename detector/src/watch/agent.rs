@@ -35,6 +35,8 @@ pub struct Config {
     pub max_processes: usize,
     /// CPU the probes may cost each target process (see `probes::budget`).
     pub budget: Budget,
+    /// Processes exported with series of their own (`pid` label); the rest by service.
+    pub per_pid_series: usize,
 }
 
 /// One watched process, as exported.
@@ -78,6 +80,10 @@ pub struct SelfStats {
     /// Go processes left out by --max-processes.
     pub processes_over_limit: u64,
     pub kernel_errors: Vec<u64>,
+    /// (map, entries) in the kernel maps at the last tick.
+    pub map_entries: Vec<(&'static str, u64)>,
+    /// Processes watched since start (each new pid once).
+    pub processes_discovered: u64,
     pub ticks: u64,
     pub last_tick_seconds: f64,
 }
@@ -86,6 +92,10 @@ pub struct SelfStats {
 #[derive(Clone, Debug, Default)]
 pub struct Exported {
     pub processes: Vec<ProcExport>,
+    /// The series groups /metrics exports (see `metrics::Services`).
+    pub series: Vec<super::metrics::SeriesGroup>,
+    /// Processes left out of per-pid series by the cap.
+    pub per_pid_capped: u64,
     pub stats: SelfStats,
     pub last_tick: Option<Instant>,
 }
@@ -124,6 +134,12 @@ pub struct Agent {
     procs: HashMap<u32, Watched>,
     stats: SelfStats,
     shared: Arc<Mutex<Exported>>,
+    services: super::metrics::Services,
+    /// An open descriptor of each watched binary: probes are attached (and the duty
+    /// cycle re-attaches them) through `/proc/self/fd/N`, which stays valid when the
+    /// process it was found through exits (under churn, it often has before the
+    /// attach is done).
+    exe_files: HashMap<BinaryKey, std::fs::File>,
 }
 
 impl Agent {
@@ -135,6 +151,8 @@ impl Agent {
             procs: HashMap::new(),
             stats: SelfStats::default(),
             shared,
+            services: Default::default(),
+            exe_files: HashMap::new(),
         }
     }
 
@@ -156,6 +174,7 @@ impl Agent {
         let unused = self.update_processes(&procs);
         let now = Instant::now();
         let seen = self.host.tick(now);
+        self.forget_strays(&seen);
         let mut exported = Vec::with_capacity(self.procs.len());
         let tick = self.stats.ticks;
         for (pid, w) in self.procs.iter_mut() {
@@ -168,7 +187,13 @@ impl Agent {
             while w.ticks.len() > 2 && now.duration_since(w.ticks[1].at) >= self.cfg.window {
                 w.ticks.pop_front();
             }
-            if w.judged.is_none() || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
+            // Right after the agent starts (a restart), every process is judged at
+            // each of the first ticks, so findings are back a tick or two after the
+            // evidence, not up to JUDGE_EVERY_TICKS later. Not later on: judging every
+            // new process at each tick costs too much under churn.
+            let young = tick <= 3;
+            if w.judged.is_none() || young || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS)
+            {
                 let d = session::judge(
                     &w.target,
                     session,
@@ -194,14 +219,20 @@ impl Agent {
         self.stats.processes_watched = self.procs.len() as u64;
         self.stats.probe_hits = seen.hits;
         self.stats.kernel_errors = seen.errors.to_vec();
+        self.stats.map_entries = seen.map_entries.to_vec();
         self.stats.probe_guardian_up = self.host.probes().guardian_running() as u64;
         self.stats.probe_detach_tail_seconds = self.host.probes().detacher().tail().as_secs_f64();
         let sessions = || self.host.sessions().map(|(_, s)| s);
         self.stats.probes_duty_cycled = sessions().map(|s| s.duty.cycled().len() as u64).sum();
         self.stats.binaries_attached = sessions().count() as u64;
         self.stats.probes_attached = sessions().map(|s| s.attached.attached as u64).sum();
+        let (series, per_pid_capped) =
+            self.services
+                .update(&exported, self.cfg.per_pid_series, now);
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         *shared = Exported {
+            series,
+            per_pid_capped,
             processes: exported,
             stats: self.stats.clone(),
             last_tick: Some(now),
@@ -210,6 +241,24 @@ impl Agent {
         // Unregistering uprobes waits for the kernel (RCU): done after publishing, so
         // an exited process's series are gone from /metrics at once.
         self.host.detach(unused);
+    }
+
+    /// Drops the kernel entries of processes that ran a watched binary but are not
+    /// watched and have exited: shorter-lived than a scan, or left out by
+    /// --max-processes. Without this, short-lived processes fill the maps.
+    fn forget_strays(&mut self, seen: &session::HostTick<BinaryKey>) {
+        let strays: HashSet<u32> = seen
+            .pids()
+            .into_iter()
+            .filter(|pid| {
+                !self.procs.contains_key(pid)
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+            .collect();
+        if !strays.is_empty() {
+            log::debug!("forgetting {} exited unwatched processes", strays.len());
+            self.host.forget(&strays);
+        }
     }
 
     /// New processes are analysed (once per binary) and attached; gone ones dropped,
@@ -240,6 +289,11 @@ impl Agent {
             }
             if !self.binaries.contains_key(&p.key) {
                 let b = self.analyse(p);
+                if matches!(b, Binary::Ignored) && !crate::target::is_alive(p.pid) {
+                    // Gone before its binary could be opened: not the binary's fault,
+                    // another of its processes tries again.
+                    continue;
+                }
                 self.binaries.insert(p.key, b);
             }
             let Some(Binary::Watched(b)) = self.binaries.get(&p.key) else {
@@ -249,6 +303,7 @@ impl Agent {
                 over += 1;
                 continue;
             }
+            self.stats.processes_discovered += 1;
             self.procs.insert(
                 p.pid,
                 Watched {
@@ -274,6 +329,7 @@ impl Agent {
             .collect();
         for k in &unused {
             self.binaries.remove(k);
+            self.exe_files.remove(k);
         }
         unused
     }
@@ -287,7 +343,14 @@ impl Agent {
     }
 
     fn try_analyse(&mut self, p: &Proc) -> Binary {
-        let exe = std::path::PathBuf::from(format!("/proc/{}/exe", p.pid));
+        let Ok(file) = std::fs::File::open(format!("/proc/{}/exe", p.pid)) else {
+            return Binary::Ignored;
+        };
+        let exe = std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
         // Most processes on a host are not Go: the cheap refusal comes first.
         let Ok(binary) = GoBinary::open(&exe) else {
             return Binary::Ignored;
@@ -312,6 +375,7 @@ impl Agent {
                 );
                 // Analysis read much of the file; keep only what later lookups touch.
                 binary.release_pages();
+                self.exe_files.insert(p.key, file);
                 Binary::Watched(Arc::new(binary))
             }
             Err(e) => {

@@ -556,6 +556,53 @@ pub fn stw_end(ctx: ProbeContext) -> u32 {
     0
 }
 
+// Process discovery for `watch`: exec and exit events, so that a new Go process is
+// attached at once and an exited one dropped, without scanning /proc.
+use aya_ebpf::{macros::raw_tracepoint, maps::RingBuf, programs::RawTracePointContext};
+use detector_common::{ProcEvent, PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT};
+
+#[map]
+static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(PROC_EVENTS_BYTES, 0);
+
+/// Events the ring buffer had no room for (user space then rescans /proc).
+#[map]
+static PROC_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn proc_event(kind: u32) {
+    let (tgid, _) = tgid_tid();
+    let ev = ProcEvent {
+        tgid,
+        kind,
+        ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if PROC_EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+        if let Some(p) = PROC_EVENTS_LOST.get_ptr_mut(0) {
+            unsafe { *p += 1 };
+        }
+    }
+}
+
+// Raw tracepoints: attached by name, without tracefs (often not mounted in a
+// container).
+
+/// `sched_process_exec`: runs in the process after its new program is loaded.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
+    proc_event(PROC_EXEC);
+    0
+}
+
+/// `sched_process_exit`: every thread's exit; only the main thread's is sent.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = tgid_tid();
+    if tgid == tid {
+        proc_event(PROC_EXIT);
+    }
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -224,6 +224,18 @@ impl<K: Ord + Copy> Host<K> {
     /// Waits until `until`, running every duty cycle on the way (waking at least every
     /// `look` for the surge checks); returns early once `stop()` says so.
     pub fn wait(&mut self, until: Instant, look: Duration, stop: impl Fn() -> bool) {
+        self.wait_on(until, look, stop, std::thread::sleep)
+    }
+
+    /// [`Host::wait`], sleeping with `nap` (which may return early: `watch` sleeps on
+    /// its process events, and `stop` then says whether one came).
+    pub fn wait_on(
+        &mut self,
+        until: Instant,
+        look: Duration,
+        stop: impl Fn() -> bool,
+        mut nap: impl FnMut(Duration),
+    ) {
         loop {
             let now = Instant::now();
             for s in self.sessions.values_mut() {
@@ -238,8 +250,7 @@ impl<K: Ord + Copy> Host<K> {
                 .filter_map(|s| s.duty.next_deadline_between_ticks())
                 .min()
                 .map_or(until, |d| d.min(until));
-            let nap = wake.saturating_duration_since(Instant::now());
-            std::thread::sleep(nap.min(look));
+            nap(wake.saturating_duration_since(Instant::now()).min(look));
         }
     }
 

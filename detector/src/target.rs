@@ -49,10 +49,14 @@ pub struct Target {
     pub cpu_profile_hz_addr: Option<u64>,
     /// File virtual address of `runtime/trace.tracing` (programs with a flight recorder).
     pub trace_multiplexer_addr: Option<u64>,
-    /// Return addresses already symbolised (`watch` summarises every process on
-    /// every tick, and most stacks share most frames).
-    frames: Mutex<HashMap<u64, Arc<[Frame]>>>,
+    /// Call sites already symbolised, shared by every process of the binary (`watch`
+    /// summarises every process, and processes of one binary share most stacks).
+    frames: Arc<FrameCache>,
 }
+
+/// Symbolised call sites of one binary, by file address.
+#[derive(Default)]
+pub struct FrameCache(Mutex<HashMap<u64, Arc<[Frame]>>>);
 
 /// A call site's function, file and line.
 pub type CallSiteName = (String, String, u32);
@@ -70,7 +74,7 @@ pub struct Frame {
     pub module: Option<String>,
 }
 
-/// Entries kept in a target's frame cache (a bound against hostile churn).
+/// Entries kept in a binary's frame cache (a bound against hostile churn).
 const MAX_CACHED_FRAMES: usize = 16_384;
 
 impl Target {
@@ -97,6 +101,17 @@ impl Target {
 
     /// A process running an already analysed binary.
     pub fn with_binary(pid: u32, exe_display: String, binary: Arc<GoBinary>) -> Target {
+        Target::with_frames(pid, exe_display, binary, Arc::default())
+    }
+
+    /// A process running an already analysed binary, sharing the frames already
+    /// symbolised for other processes of the binary.
+    pub fn with_frames(
+        pid: u32,
+        exe_display: String,
+        binary: Arc<GoBinary>,
+        frames: Arc<FrameCache>,
+    ) -> Target {
         let exe_path = PathBuf::from(format!("/proc/{pid}/exe"));
         let load_bias = if binary.info().pie {
             load_bias(pid, &exe_path).unwrap_or(0)
@@ -111,7 +126,7 @@ impl Target {
             trace_multiplexer_addr: binary.trace_multiplexer_addr(),
             binary,
             load_bias,
-            frames: Mutex::new(HashMap::new()),
+            frames,
         }
     }
 
@@ -131,14 +146,15 @@ impl Target {
     /// Code outside every Go function (C, through cgo) is one foreign frame named by
     /// its address.
     pub fn frames(&self, ret: u64) -> Arc<[Frame]> {
-        let mut cache = self.frames.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = cache.get(&ret) {
-            return f.clone();
-        }
         // The return address is just past the CALL: look up the byte before it.
         let pc = self.to_file_vaddr(ret).wrapping_sub(1);
+        let mut cache = self.frames.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(&pc) {
+            return f.clone();
+        }
         let mut found = self.binary.frames_at(pc);
-        if found.is_empty() {
+        let foreign = found.is_empty();
+        if foreign {
             found.push(crate::gobin::SourceFrame {
                 function: format!("{ret:#x}"),
                 file: String::new(),
@@ -158,10 +174,13 @@ impl Target {
                 }
             })
             .collect();
-        if cache.len() >= MAX_CACHED_FRAMES {
-            cache.clear();
+        // A foreign frame is named by its runtime address: not shared.
+        if !foreign {
+            if cache.len() >= MAX_CACHED_FRAMES {
+                cache.clear();
+            }
+            cache.insert(pc, frames.clone());
         }
-        cache.insert(ret, frames.clone());
         frames
     }
 

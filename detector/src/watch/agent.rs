@@ -13,7 +13,10 @@ use std::{
 
 use detector_common::StwStats;
 
-use super::discover::{self, BinaryKey, Filter, Proc};
+use super::{
+    discover::{self, BinaryKey, Filter, Proc},
+    events::{self, DiscoveryStats, Event, Events},
+};
 use crate::{
     collect::{self, Tick},
     gobin::GoBinary,
@@ -21,14 +24,16 @@ use crate::{
     report::Diagnosis,
     rules::{Severity, Thresholds},
     session::{self, Host, Session},
-    target::Target,
+    target::{FrameCache, Target},
 };
 
 pub struct Config {
     pub filter: Filter,
     pub thresholds: Thresholds,
-    /// How often /proc is scanned and the maps are read.
+    /// How often the maps are read (and /proc scanned, when exec events cannot run).
     pub interval: Duration,
+    /// How often /proc is scanned under the exec events, as a safety net.
+    pub rescan_interval: Duration,
     /// Rules judge each process over this much of its recent past.
     pub window: Duration,
     /// At most this many processes are watched (and exported).
@@ -80,6 +85,7 @@ pub struct SelfStats {
     pub kernel_errors: Vec<u64>,
     pub ticks: u64,
     pub last_tick_seconds: f64,
+    pub discovery: DiscoveryStats,
 }
 
 /// What the HTTP endpoints serve: replaced as a whole at every tick.
@@ -92,8 +98,9 @@ pub struct Exported {
 
 /// What is known of a binary some process runs.
 enum Binary {
-    /// Analysed and attached: its session is in the host under the same key.
-    Watched(Arc<GoBinary>),
+    /// Analysed and attached: its session is in the host under the same key. Its
+    /// processes share the frames symbolised so far.
+    Watched(Arc<GoBinary>, Arc<FrameCache>),
     /// Not a Go binary, unsupported, or failed to attach: remembered so it is not
     /// analysed again while processes run it.
     Ignored,
@@ -108,6 +115,34 @@ struct Watched {
     ticks: VecDeque<Tick>,
     /// The last judgement: findings and the report.
     judged: Option<Judgement>,
+    /// When it started, for the discovery latency; None once exported (or when it ran
+    /// before detector).
+    born: Option<Born>,
+}
+
+/// When a process started, as its discovery saw it.
+#[derive(Clone, Copy, Debug)]
+enum Born {
+    /// Its exec event's time, CLOCK_MONOTONIC ns.
+    Exec(u64),
+    /// Its start time from /proc (a rescan found it), clock ticks since boot.
+    Started(u64),
+}
+
+impl Born {
+    /// Seconds from then until now.
+    fn elapsed(self) -> f64 {
+        match self {
+            Born::Exec(ns) => {
+                events::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(ns) as f64 / 1e9
+            }
+            Born::Started(ticks) => {
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+                let now = events::clock_ns(libc::CLOCK_BOOTTIME) as f64 / 1e9;
+                (now - ticks as f64 / hz).max(0.0)
+            }
+        }
+    }
 }
 
 /// A process's findings (rule, severity, culprit function) and its report, as last
@@ -124,17 +159,41 @@ pub struct Agent {
     procs: HashMap<u32, Watched>,
     stats: SelfStats,
     shared: Arc<Mutex<Exported>>,
+    /// Exec and exit events; None when they could not start (then /proc is scanned
+    /// every tick).
+    events: Option<Events>,
+    /// When /proc is scanned again (the safety net under the events).
+    next_rescan: Instant,
+    /// Binaries nobody runs any more, detached once the change is published.
+    unused: Vec<BinaryKey>,
+    /// Whether a scan ran yet: processes found by the first one ran before detector.
+    scanned: bool,
 }
 
 impl Agent {
-    pub fn new(cfg: Config, probes: Probes, shared: Arc<Mutex<Exported>>) -> Agent {
+    pub fn new(cfg: Config, mut probes: Probes, shared: Arc<Mutex<Exported>>) -> Agent {
+        let events = match Events::start(&mut probes) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                log::warn!(
+                    "cannot follow process execs and exits ({e}); /proc is scanned every --interval instead"
+                );
+                None
+            }
+        };
+        let mut stats = SelfStats::default();
+        stats.discovery.events_up = events.is_some();
         Agent {
             host: Host::new(probes, cfg.budget, cfg.interval),
             cfg,
             binaries: HashMap::new(),
             procs: HashMap::new(),
-            stats: SelfStats::default(),
+            stats,
             shared,
+            events,
+            next_rescan: Instant::now(),
+            unused: vec![],
+            scanned: false,
         }
     }
 
@@ -144,22 +203,152 @@ impl Agent {
             let t0 = Instant::now();
             self.tick();
             self.stats.last_tick_seconds = t0.elapsed().as_secs_f64();
-            self.host
-                .wait(t0 + self.cfg.interval, LOOK, || stop.load(Ordering::SeqCst));
+            let until = t0 + self.cfg.interval;
+            // Between ticks: the duty cycles, and new or exited processes as they come.
+            loop {
+                let ready = std::cell::Cell::new(false);
+                let events = &self.events;
+                self.host.wait_on(
+                    until,
+                    LOOK,
+                    || stop.load(Ordering::SeqCst) || ready.get(),
+                    |d| match events {
+                        Some(e) => ready.set(e.wait(d)),
+                        None => std::thread::sleep(d),
+                    },
+                );
+                if !ready.get() || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                self.on_events();
+            }
         }
         // Dropping the host detaches every session, side by side.
     }
 
-    fn tick(&mut self) {
+    /// A full /proc scan: at start, every `rescan_interval` (every tick without
+    /// events) and after lost events.
+    fn rescan(&mut self) {
         let procs = discover::scan(std::process::id());
-        log::debug!("tick: {} processes on the host", procs.len());
+        log::debug!("rescan: {} processes on the host", procs.len());
+        self.stats.discovery.rescans += 1;
         let unused = self.update_processes(&procs);
+        self.unused.extend(unused);
+        self.scanned = true;
+        self.next_rescan = Instant::now() + self.cfg.rescan_interval;
+    }
+
+    /// Takes the pending process events: exited processes are dropped, new ones
+    /// attached (their binary analysed if new), and the change published at once.
+    fn on_events(&mut self) {
+        let Some(ev) = self.events.as_mut() else {
+            return;
+        };
+        let mut batch = vec![];
+        ev.drain(&mut batch);
+        let lost = ev.lost();
+        let mut gone = HashSet::new();
+        let mut added = vec![];
+        for e in batch {
+            match e {
+                Event::Exit { pid } => {
+                    self.stats.discovery.exit_events += 1;
+                    if self.procs.remove(&pid).is_some() {
+                        gone.insert(pid);
+                    }
+                }
+                Event::Exec { pid, at_ns } => {
+                    self.stats.discovery.exec_events += 1;
+                    // A watched process that execs runs another program now.
+                    if self.procs.remove(&pid).is_some() {
+                        gone.insert(pid);
+                    }
+                    let Some(p) = discover::proc_of(pid) else {
+                        continue; // already gone
+                    };
+                    if self.add_process(&p, Some(Born::Exec(at_ns))) {
+                        added.push(pid);
+                    }
+                }
+            }
+        }
+        self.host.forget(&gone);
+        // Binaries whose last watched process is gone.
+        let running: HashSet<BinaryKey> = self.procs.values().map(|w| w.key).collect();
+        let unused: Vec<BinaryKey> = gone_binaries(&self.binaries, &running);
+        for k in &unused {
+            self.binaries.remove(k);
+        }
+        self.unused.extend(unused);
+        if lost > 0 {
+            log::warn!("{lost} process events lost (ring buffer full): rescanning /proc");
+            self.stats.discovery.lost_events += lost;
+            self.rescan();
+            added.extend(
+                self.procs
+                    .iter()
+                    .filter(|(_, w)| w.born.is_some())
+                    .map(|(p, _)| *p),
+            );
+        }
+        self.publish_changes(&gone, &added);
+        let unused = std::mem::take(&mut self.unused);
+        self.host.detach(unused);
+    }
+
+    /// Publishes processes added or gone since the last tick, without waiting for it:
+    /// the new ones with their process info and no counts yet.
+    fn publish_changes(&mut self, gone: &HashSet<u32>, added: &[u32]) {
+        if gone.is_empty() && added.is_empty() {
+            return;
+        }
+        let mut new = vec![];
+        for pid in added {
+            let Some(w) = self.procs.get_mut(pid) else {
+                continue;
+            };
+            let (Some(session), Some(Binary::Watched(binary, _))) =
+                (self.host.session(w.key), self.binaries.get(&w.key))
+            else {
+                continue;
+            };
+            if w.judged.is_none() {
+                w.judged = Some(judgement(w, session, &self.cfg, self.host.budget()));
+            }
+            new.push(export(w, session, binary));
+        }
+        self.stats.processes_watched = self.procs.len() as u64;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared
+            .processes
+            .retain(|p| !gone.contains(&p.pid) && !added.contains(&p.pid));
+        shared.processes.extend(new);
+        shared.processes.sort_by_key(|p| p.pid);
+        // Exported now: how long after it started.
+        for pid in added {
+            if let Some(born) = self.procs.get_mut(pid).and_then(|w| w.born.take()) {
+                self.stats.discovery.observe_latency(born.elapsed());
+            }
+        }
+        shared.stats.processes_watched = self.stats.processes_watched;
+        shared.stats.discovery = self.stats.discovery.clone();
+    }
+
+    fn tick(&mut self) {
+        if self.events.is_none() || Instant::now() >= self.next_rescan {
+            self.rescan();
+        }
+        if self.events.is_some() {
+            // Events that came during the tick's own work are taken at once.
+            self.on_events();
+        }
+        let unused = std::mem::take(&mut self.unused);
         let now = Instant::now();
         let seen = self.host.tick(now);
         let mut exported = Vec::with_capacity(self.procs.len());
         let tick = self.stats.ticks;
         for (pid, w) in self.procs.iter_mut() {
-            let (Some(session), Some(Binary::Watched(binary))) =
+            let (Some(session), Some(Binary::Watched(binary, _))) =
                 (self.host.session(w.key), self.binaries.get(&w.key))
             else {
                 continue;
@@ -169,24 +358,15 @@ impl Agent {
                 w.ticks.pop_front();
             }
             if w.judged.is_none() || (tick + *pid as u64).is_multiple_of(JUDGE_EVERY_TICKS) {
-                let d = session::judge(
-                    &w.target,
-                    session,
-                    w.ticks.make_contiguous(),
-                    &self.cfg.thresholds,
-                    self.host.budget(),
-                );
-                let findings = d
-                    .findings
-                    .iter()
-                    .map(|f| {
-                        let culprit = f.culprit.as_ref().map(|c| c.function.clone());
-                        (f.rule.to_string(), f.severity, culprit.unwrap_or_default())
-                    })
-                    .collect();
-                w.judged = Some((findings, Arc::new(d)));
+                w.judged = Some(judgement(w, session, &self.cfg, self.host.budget()));
             }
             exported.push(export(w, session, binary));
+        }
+        // Exported now (found by a scan, or events off): how long after it started.
+        for w in self.procs.values_mut() {
+            if let Some(born) = w.born.take() {
+                self.stats.discovery.observe_latency(born.elapsed());
+            }
         }
         exported.sort_by_key(|p| p.pid);
         log::debug!("tick: {} watched", exported.len());
@@ -234,32 +414,18 @@ impl Agent {
         self.host.forget(&gone);
 
         let mut over = 0;
-        for p in procs {
+        // Processes found by the first scan ran before detector: no discovery latency.
+        let born = |p: &Proc| self.scanned.then_some(Born::Started(p.start_ticks));
+        let found: Vec<(&Proc, Option<Born>)> = procs.iter().map(|p| (p, born(p))).collect();
+        for (p, born) in found {
             if self.procs.contains_key(&p.pid) || !self.cfg.filter.wants(p) {
                 continue;
             }
-            if !self.binaries.contains_key(&p.key) {
-                let b = self.analyse(p);
-                self.binaries.insert(p.key, b);
-            }
-            let Some(Binary::Watched(b)) = self.binaries.get(&p.key) else {
-                continue;
-            };
-            if self.procs.len() >= self.cfg.max_processes {
+            if !self.add_process(p, born)
+                && matches!(self.binaries.get(&p.key), Some(Binary::Watched(..)))
+            {
                 over += 1;
-                continue;
             }
-            self.procs.insert(
-                p.pid,
-                Watched {
-                    start_ticks: p.start_ticks,
-                    key: p.key,
-                    target: Target::with_binary(p.pid, p.exe.clone(), b.clone()),
-                    container_id: discover::container_id(p.pid).unwrap_or_default(),
-                    ticks: VecDeque::new(),
-                    judged: None,
-                },
-            );
         }
         self.stats.processes_over_limit = over;
 
@@ -276,6 +442,38 @@ impl Agent {
             self.binaries.remove(k);
         }
         unused
+    }
+
+    /// Watches `p` if the filter wants it and it runs a supported Go binary (analysed
+    /// and attached here if new), within --max-processes. True when added.
+    fn add_process(&mut self, p: &Proc, born: Option<Born>) -> bool {
+        if self.procs.contains_key(&p.pid) || !self.cfg.filter.wants(p) {
+            return false;
+        }
+        if !self.binaries.contains_key(&p.key) {
+            let b = self.analyse(p);
+            self.binaries.insert(p.key, b);
+        }
+        let Some(Binary::Watched(b, frames)) = self.binaries.get(&p.key) else {
+            return false;
+        };
+        if self.procs.len() >= self.cfg.max_processes {
+            return false;
+        }
+        self.procs.insert(
+            p.pid,
+            Watched {
+                start_ticks: p.start_ticks,
+                key: p.key,
+                target: Target::with_frames(p.pid, p.exe.clone(), b.clone(), frames.clone()),
+                container_id: discover::container_id(p.pid).unwrap_or_default(),
+                ticks: VecDeque::new(),
+                judged: None,
+                born,
+            },
+        );
+        log::debug!("watching pid {} ({})", p.pid, p.exe);
+        true
     }
 
     fn analyse(&mut self, p: &Proc) -> Binary {
@@ -312,7 +510,7 @@ impl Agent {
                 );
                 // Analysis read much of the file; keep only what later lookups touch.
                 binary.release_pages();
-                Binary::Watched(Arc::new(binary))
+                Binary::Watched(Arc::new(binary), Arc::default())
             }
             Err(e) => {
                 self.stats.attach_errors += 1;
@@ -323,18 +521,62 @@ impl Agent {
     }
 }
 
-/// What /metrics and /findings show of one process: counters from this tick, the
-/// findings and report of its last judgement.
+/// Watched binaries no process in `running` runs.
+fn gone_binaries(
+    binaries: &HashMap<BinaryKey, Binary>,
+    running: &HashSet<BinaryKey>,
+) -> Vec<BinaryKey> {
+    binaries
+        .iter()
+        .filter(|(k, b)| matches!(b, Binary::Watched(..)) && !running.contains(k))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// Summarises and judges a process over its window: its findings and report.
+fn judgement(w: &mut Watched, session: &Session, cfg: &Config, budget: Budget) -> Judgement {
+    let d = session::judge(
+        &w.target,
+        session,
+        w.ticks.make_contiguous(),
+        &cfg.thresholds,
+        budget,
+    );
+    let findings = d
+        .findings
+        .iter()
+        .map(|f| {
+            let culprit = f.culprit.as_ref().map(|c| c.function.clone());
+            (f.rule.to_string(), f.severity, culprit.unwrap_or_default())
+        })
+        .collect();
+    (findings, Arc::new(d))
+}
+
+/// What /metrics and /findings show of one process: counters from this tick (none
+/// before its first), the findings and report of its last judgement.
 fn export(w: &Watched, session: &Session, binary: &GoBinary) -> ProcExport {
     // Cumulative counters (monotonic while the process lives) for /metrics.
-    let latest = &w.ticks.back().expect("non-empty").snap;
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pauses: BTreeMap<String, StwStats> = BTreeMap::new();
+    let Some(latest) = w.ticks.back().map(|t| &t.snap) else {
+        let (findings, diagnosis) = w.judged.clone().expect("judged before export");
+        return ProcExport {
+            pid: w.target.pid,
+            exe: w.target.exe_display.clone(),
+            go_version: binary.info().go_version_string.clone(),
+            container_id: w.container_id.clone(),
+            calls,
+            pauses,
+            findings,
+            diagnosis,
+        };
+    };
     for (k, v) in &latest.calls {
         if let Some(p) = session.plan.call_probes.get(k.probe as usize) {
             *calls.entry(p.api.id().to_string()).or_default() += v;
         }
     }
-    let mut pauses: BTreeMap<String, StwStats> = BTreeMap::new();
     for (k, s) in &latest.stw {
         let reason = collect::reason_of(&w.target, k.reason);
         pauses

@@ -87,28 +87,26 @@ pub fn scan(skip: u32) -> Vec<Proc> {
         if pid == skip {
             continue;
         }
-        let exe_link = format!("/proc/{pid}/exe");
-        let Ok(meta) = fs::metadata(&exe_link) else {
-            continue;
-        };
-        let Ok(exe) = fs::read_link(&exe_link) else {
-            continue;
-        };
-        let Some(start_ticks) = start_ticks(pid) else {
-            continue;
-        };
-        out.push(Proc {
-            pid,
-            key: BinaryKey {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            exe: exe.display().to_string(),
-            start_ticks,
-        });
+        out.extend(proc_of(pid));
     }
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// Process `pid`, if it still runs a user-space program.
+pub fn proc_of(pid: u32) -> Option<Proc> {
+    let exe_link = format!("/proc/{pid}/exe");
+    let meta = fs::metadata(&exe_link).ok()?;
+    let exe = fs::read_link(&exe_link).ok()?;
+    Some(Proc {
+        pid,
+        key: BinaryKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+        exe: exe.display().to_string(),
+        start_ticks: start_ticks(pid)?,
+    })
 }
 
 /// The container a process runs in, from its cgroup path: the last 64-hex-digit

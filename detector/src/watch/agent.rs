@@ -299,9 +299,6 @@ impl Agent {
     /// Publishes processes added or gone since the last tick, without waiting for it:
     /// the new ones with their process info and no counts yet.
     fn publish_changes(&mut self, gone: &HashSet<u32>, added: &[u32]) {
-        if gone.is_empty() && added.is_empty() {
-            return;
-        }
         let mut new = vec![];
         for pid in added {
             let Some(w) = self.procs.get_mut(pid) else {
@@ -317,21 +314,38 @@ impl Agent {
             }
             new.push(export(w, session, binary));
         }
-        self.stats.processes_watched = self.procs.len() as u64;
+        self.count_attached();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        shared
-            .processes
-            .retain(|p| !gone.contains(&p.pid) && !added.contains(&p.pid));
-        shared.processes.extend(new);
-        shared.processes.sort_by_key(|p| p.pid);
+        if !gone.is_empty() || !added.is_empty() {
+            shared
+                .processes
+                .retain(|p| !gone.contains(&p.pid) && !added.contains(&p.pid));
+            shared.processes.extend(new);
+            shared.processes.sort_by_key(|p| p.pid);
+        }
         // Exported now: how long after it started.
         for pid in added {
             if let Some(born) = self.procs.get_mut(pid).and_then(|w| w.born.take()) {
                 self.stats.discovery.observe_latency(born.elapsed());
             }
         }
-        shared.stats.processes_watched = self.stats.processes_watched;
-        shared.stats.discovery = self.stats.discovery.clone();
+        // What discovery changed of the self-metrics (the rest waits for the tick).
+        let (to, from) = (&mut shared.stats, &self.stats);
+        to.processes_watched = from.processes_watched;
+        to.binaries_analysed = from.binaries_analysed;
+        to.analysis_seconds = from.analysis_seconds;
+        to.attach_errors = from.attach_errors;
+        to.binaries_attached = from.binaries_attached;
+        to.probes_attached = from.probes_attached;
+        to.discovery = from.discovery.clone();
+    }
+
+    /// Processes watched, binaries and probes attached.
+    fn count_attached(&mut self) {
+        self.stats.processes_watched = self.procs.len() as u64;
+        let sessions = || self.host.sessions().map(|(_, s)| s);
+        self.stats.binaries_attached = sessions().count() as u64;
+        self.stats.probes_attached = sessions().map(|s| s.attached.attached as u64).sum();
     }
 
     fn tick(&mut self) {
@@ -371,15 +385,13 @@ impl Agent {
         exported.sort_by_key(|p| p.pid);
         log::debug!("tick: {} watched", exported.len());
         self.stats.ticks += 1;
-        self.stats.processes_watched = self.procs.len() as u64;
+        self.count_attached();
         self.stats.probe_hits = seen.hits;
         self.stats.kernel_errors = seen.errors.to_vec();
         self.stats.probe_guardian_up = self.host.probes().guardian_running() as u64;
         self.stats.probe_detach_tail_seconds = self.host.probes().detacher().tail().as_secs_f64();
         let sessions = || self.host.sessions().map(|(_, s)| s);
         self.stats.probes_duty_cycled = sessions().map(|s| s.duty.cycled().len() as u64).sum();
-        self.stats.binaries_attached = sessions().count() as u64;
-        self.stats.probes_attached = sessions().map(|s| s.attached.attached as u64).sum();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         *shared = Exported {
             processes: exported,

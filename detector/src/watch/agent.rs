@@ -149,6 +149,9 @@ impl Born {
 /// judged.
 type Judgement = (Vec<(String, Severity, String)>, Arc<Diagnosis>);
 
+/// During a tick, pending process events are taken every this many processes.
+const EVENTS_EVERY: usize = 16;
+
 /// How often the duty cycles look for probes that turned hot between ticks.
 const LOOK: Duration = Duration::from_millis(250);
 
@@ -263,8 +266,13 @@ impl Agent {
                     if self.procs.remove(&pid).is_some() {
                         gone.insert(pid);
                     }
-                    let Some(p) = discover::proc_of(pid) else {
-                        continue; // already gone
+                    // Most execs on a host are of other programs: the filter, then
+                    // the binary's verdict, before reading more of /proc.
+                    let Some(p) = discover::proc_if(pid, |exe, key| {
+                        let wanted = self.cfg.filter.wants_exe(pid, exe);
+                        wanted && !matches!(self.binaries.get(&key), Some(Binary::Ignored))
+                    }) else {
+                        continue; // gone already, or not for us
                     };
                     if self.add_process(&p, Some(Born::Exec(at_ns))) {
                         added.push(pid);
@@ -326,7 +334,9 @@ impl Agent {
         // Exported now: how long after it started.
         for pid in added {
             if let Some(born) = self.procs.get_mut(pid).and_then(|w| w.born.take()) {
-                self.stats.discovery.observe_latency(born.elapsed());
+                let s = born.elapsed();
+                self.stats.discovery.observe_latency(s);
+                log::debug!("discovered pid {pid} {:.3} ms after its start", s * 1e3);
             }
         }
         // What discovery changed of the self-metrics (the rest waits for the tick).
@@ -361,7 +371,17 @@ impl Agent {
         let seen = self.host.tick(now);
         let mut exported = Vec::with_capacity(self.procs.len());
         let tick = self.stats.ticks;
-        for (pid, w) in self.procs.iter_mut() {
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for (i, pid) in pids.iter().enumerate() {
+            // A tick over many processes takes a while: new ones are not kept waiting.
+            if i % EVENTS_EVERY == EVENTS_EVERY - 1
+                && self.events.as_ref().is_some_and(|e| e.wait(Duration::ZERO))
+            {
+                self.on_events();
+            }
+            let Some(w) = self.procs.get_mut(pid) else {
+                continue; // gone meanwhile
+            };
             let (Some(session), Some(Binary::Watched(binary, _))) =
                 (self.host.session(w.key), self.binaries.get(&w.key))
             else {
@@ -375,6 +395,19 @@ impl Agent {
                 w.judged = Some(judgement(w, session, &self.cfg, self.host.budget()));
             }
             exported.push(export(w, session, binary));
+        }
+        // Processes added or gone by events during the tick.
+        exported.retain(|p| self.procs.contains_key(&p.pid));
+        let have: HashSet<u32> = exported.iter().map(|p| p.pid).collect();
+        for (pid, w) in &self.procs {
+            if let (false, Some(session), Some(Binary::Watched(binary, _)), Some(_)) = (
+                have.contains(pid),
+                self.host.session(w.key),
+                self.binaries.get(&w.key),
+                &w.judged,
+            ) {
+                exported.push(export(w, session, binary));
+            }
         }
         // Exported now (found by a scan, or events off): how long after it started.
         for w in self.procs.values_mut() {

@@ -124,6 +124,8 @@ pub struct Host<K: Ord + Copy> {
     budget: Budget,
     /// How often the caller ticks (and so how often the duty cycle evaluates).
     period: Duration,
+    /// When [`Host::wait`] runs the duty cycles again at the latest.
+    next_look: Instant,
 }
 
 /// What one tick saw of every session's processes.
@@ -169,6 +171,7 @@ impl<K: Ord + Copy> Host<K> {
             next_id_base: 0,
             budget,
             period,
+            next_look: Instant::now(),
         }
     }
 
@@ -236,21 +239,29 @@ impl<K: Ord + Copy> Host<K> {
         stop: impl Fn() -> bool,
         mut nap: impl FnMut(Duration),
     ) {
+        let deadline = |sessions: &BTreeMap<K, Session>| {
+            sessions
+                .values()
+                .filter_map(|s| s.duty.next_deadline_between_ticks())
+                .min()
+        };
         loop {
             let now = Instant::now();
-            for s in self.sessions.values_mut() {
-                s.between_ticks(now, &mut self.probes);
+            // A nap cut short (a process event) does not run the duty cycles early.
+            let due = deadline(&self.sessions).is_some_and(|d| d <= now);
+            if now >= self.next_look || due || now >= until {
+                for s in self.sessions.values_mut() {
+                    s.between_ticks(now, &mut self.probes);
+                }
+                self.next_look = now + look;
             }
             if now >= until || stop() {
                 return;
             }
-            let wake = self
-                .sessions
-                .values()
-                .filter_map(|s| s.duty.next_deadline_between_ticks())
-                .min()
-                .map_or(until, |d| d.min(until));
-            nap(wake.saturating_duration_since(Instant::now()).min(look));
+            let wake = deadline(&self.sessions)
+                .map_or(until, |d| d.min(until))
+                .min(self.next_look);
+            nap(wake.saturating_duration_since(Instant::now()));
         }
     }
 

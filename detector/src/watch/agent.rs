@@ -149,6 +149,10 @@ impl Born {
 /// judged.
 type Judgement = (Vec<(String, Severity, String)>, Arc<Diagnosis>);
 
+/// Process events are taken at most this often (a new process waits at most this long
+/// for it, besides a tick in progress).
+const EVENTS_GAP: Duration = Duration::from_millis(10);
+
 /// During a tick, pending process events are taken every this many processes.
 const EVENTS_EVERY: usize = 16;
 
@@ -202,6 +206,7 @@ impl Agent {
 
     /// Runs until `stop` is set; returning drops every probe.
     pub fn run(mut self, stop: &AtomicBool) {
+        let mut last_events = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             let t0 = Instant::now();
             self.tick();
@@ -223,6 +228,10 @@ impl Agent {
                 if !ready.get() || stop.load(Ordering::SeqCst) {
                     break;
                 }
+                // A host busy exec'ing (a build) wakes the agent at most every
+                // EVENTS_GAP: the events are taken in batches.
+                std::thread::sleep(EVENTS_GAP.saturating_sub(last_events.elapsed()));
+                last_events = Instant::now();
                 self.on_events();
             }
         }

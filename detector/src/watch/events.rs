@@ -79,9 +79,13 @@ impl Events {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut fd, 1, ms) };
+        // ppoll, not poll: a timeout below a millisecond must not become 0 (a spin).
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd and timespec for the duration of the call.
+        let n = unsafe { libc::ppoll(&mut fd, 1, &ts, std::ptr::null()) };
         n > 0 && fd.revents & libc::POLLIN != 0
     }
 

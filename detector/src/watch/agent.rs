@@ -506,6 +506,12 @@ impl Agent {
         }
         if !self.binaries.contains_key(&p.key) {
             let b = self.analyse(p);
+            // A process that exited during analysis says nothing of its binary (found
+            // by its exec event, it may have lived a few milliseconds): the next
+            // process running it is analysed anew.
+            if matches!(b, Binary::Ignored) && !crate::target::is_alive(p.pid) {
+                return false;
+            }
             self.binaries.insert(p.key, b);
         }
         let Some(Binary::Watched(b, frames)) = self.binaries.get(&p.key) else {

@@ -27,7 +27,7 @@ use crate::{
     },
     report::{Diagnosis, ProbeInfo},
     rules::{self, Thresholds},
-    target::{self, Target},
+    target::Target,
 };
 
 /// One binary's probes and what corrects their counts.
@@ -156,7 +156,7 @@ impl<K: Ord + Copy> HostTick<K> {
                 errors: self.errors,
                 stacks: self.stacks.clone(),
             },
-            cpu_s: target::cpu_seconds(pid),
+            cpu_s: target.cpu_seconds(),
             cpu_profile_hz: target.cpu_profile_hz(),
             on_s: b.map(|b| b.on_s.clone()).unwrap_or_default(),
         }

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,11 @@ pub struct Target {
     /// Call sites already symbolised, shared by every process of the binary (`watch`
     /// summarises every process, and processes of one binary share most stacks).
     frames: Arc<FrameCache>,
+    /// /proc/PID/stat and /proc/PID/mem, opened at first use and kept: `watch` reads
+    /// both for every process at every tick. They stay bound to this process: one
+    /// that later reuses the pid is not read through them.
+    stat: OnceLock<Option<fs::File>>,
+    mem: OnceLock<Option<fs::File>>,
 }
 
 /// Symbolised call sites of one binary, by file address.
@@ -127,6 +132,8 @@ impl Target {
             binary,
             load_bias,
             frames,
+            stat: OnceLock::new(),
+            mem: OnceLock::new(),
         }
     }
 
@@ -188,7 +195,10 @@ impl Target {
     /// (through /proc/PID/mem: needs the same privileges as attaching).
     pub fn read_memory(&self, vaddr: u64, len: usize) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let f = fs::File::open(format!("/proc/{}/mem", self.pid)).ok()?;
+        let f = self
+            .mem
+            .get_or_init(|| fs::File::open(format!("/proc/{}/mem", self.pid)).ok())
+            .as_ref()?;
         let mut buf = vec![0; len];
         f.read_exact_at(&mut buf, vaddr.wrapping_add(self.load_bias))
             .ok()?;
@@ -209,6 +219,20 @@ impl Target {
         trace_multiplexer::parse(&b)
     }
 
+    /// CPU time the process has used so far (see [`cpu_seconds`]), read through a
+    /// descriptor kept open.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        use std::os::unix::fs::FileExt;
+        let f = self
+            .stat
+            .get_or_init(|| fs::File::open(format!("/proc/{}/stat", self.pid)).ok())
+            .as_ref()?;
+        // Read from offset 0 each time: procfs renders the file anew.
+        let mut buf = [0u8; 4096];
+        let n = f.read_at(&mut buf, 0).ok()?;
+        cpu_from_stat(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+
     pub fn alive(&self) -> bool {
         is_alive(self.pid)
     }
@@ -221,7 +245,11 @@ impl Target {
 
 /// CPU time the process has used so far (user + system, all threads), in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_from_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime, in seconds, from the text of /proc/PID/stat.
+fn cpu_from_stat(stat: &str) -> Option<f64> {
     // After "pid (comm)": field 3 is the state, 14 utime and 15 stime (clock ticks).
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
@@ -295,5 +323,33 @@ impl From<TargetError> for Failure {
             TargetError::Analysis { source, .. } => analysis_code(source),
         };
         Failure::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Target::cpu_seconds` relies on: /proc/PID/stat read again at offset 0
+    /// through the same descriptor is rendered anew.
+    #[test]
+    fn stat_read_again_through_a_kept_descriptor_moves_on() {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(format!("/proc/{}/stat", std::process::id())).unwrap();
+        let read = || {
+            let mut buf = [0u8; 4096];
+            let n = f.read_at(&mut buf, 0).unwrap();
+            cpu_from_stat(std::str::from_utf8(&buf[..n]).unwrap()).unwrap()
+        };
+        let before = read();
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(
+            read() > before,
+            "CPU time did not move after 300 ms of work"
+        );
     }
 }

@@ -179,6 +179,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(cfg: Config, mut probes: Probes, shared: Arc<Mutex<Exported>>) -> Agent {
+        raise_open_files();
         let events = match Events::start(&mut probes) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -576,6 +577,24 @@ impl Agent {
                 self.stats.attach_errors += 1;
                 log::warn!("pid {} ({}): {e}", p.pid, p.exe);
                 Binary::Ignored
+            }
+        }
+    }
+}
+
+/// Each watched process keeps two descriptors open (its /proc stat and mem, read every
+/// tick): the soft limit on open files (often 1,024) goes up to the hard one.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill, then to set.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::debug!("cannot raise the open files limit");
             }
         }
     }

@@ -349,9 +349,9 @@ pub struct ProcEvent {
 pub const PROC_EXEC: u32 = 1;
 /// A process's main thread exited (`sched_process_exit` of a thread group leader).
 pub const PROC_EXIT: u32 = 2;
-/// Size of the process event ring buffer: room for ~10,000 events, far more than a
-/// host execs between two wake-ups of the reader.
-pub const PROC_EVENTS_BYTES: u32 = 256 * 1024;
+/// Size of the process event ring buffer: room for ~2,700 events (24 bytes each with
+/// the header), far more than a host execs between two reads (every 10 ms at most).
+pub const PROC_EVENTS_BYTES: u32 = 64 * 1024;
 
 #[cfg(feature = "user")]
 mod pod {

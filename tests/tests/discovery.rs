@@ -188,9 +188,9 @@ fn lost_events_make_watch_rescan_proc() {
         value(b, "detector_ticks_total") == Some(1.0)
     });
 
-    // Stopped, watch reads no event: 7,000 execs (an exec and an exit event each)
-    // overflow its ring buffer (256 KiB, ~10,900 events), and the service's exec
-    // comes after.
+    // Stopped, watch reads no event: 3,000 execs (an exec and an exit event each)
+    // overflow its ring buffer (64 KiB, ~2,700 events), and the service's exec comes
+    // after.
     let pid = watch.0.id().to_string();
     let signal = |s: &str| {
         let st = Command::new("kill").args([s, &pid]).status().expect("kill");
@@ -206,7 +206,7 @@ fn lost_events_make_watch_rescan_proc() {
             .spawn()
             .expect("sh")
     };
-    let mut floods = [flood(3500), flood(3500)];
+    let mut floods = [flood(1500), flood(1500)];
     for f in &mut floods {
         assert!(f.wait().expect("sh").success());
     }

@@ -380,6 +380,26 @@ pub fn pause_bucket_bounds(b: usize) -> (u64, u64) {
     }
 }
 
+/// A process event from the scheduler tracepoints, pushed to the `PROC_EVENTS` ring
+/// buffer so that `watch` sees new processes at once instead of by scanning /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// The process (thread group) id.
+    pub tgid: u32,
+    /// [`PROC_EXEC`] or [`PROC_EXIT`].
+    pub kind: u32,
+    /// When it happened, `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ns: u64,
+}
+/// A process executed a new program (`sched_process_exec`).
+pub const PROC_EXEC: u32 = 1;
+/// A process's main thread exited (`sched_process_exit` of a thread group leader).
+pub const PROC_EXIT: u32 = 2;
+/// Size of the process event ring buffer: room for ~2,700 events (24 bytes each with
+/// the header), far more than a host execs between two reads (every 10 ms at most).
+pub const PROC_EVENTS_BYTES: u32 = 64 * 1024;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

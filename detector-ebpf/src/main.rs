@@ -38,11 +38,11 @@ use detector_common::{
     errors, morestack_bound, pause_bucket, stack_hash, ArgMode, CallKey, Stack, StackKey, StwKey,
     StwOpen, StwStats, COOKIE_ARG_SHIFT, COOKIE_CALLER_IS_IP, COOKIE_FORCED_GC_ENTER,
     COOKIE_ON_STACK_CHECK, HIT_SLOTS, MAX_CALL_KEYS, MAX_OPEN_PAUSES, MAX_PAUSED_PROBES,
-    MAX_STACKS, MAX_STW_KEYS, MAX_UNSITED_KEYS, RESTART_GO119, RESTART_GO121,
-    RESTART_START_IN_RCX, RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED,
-    STW_BUCKETS, STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK,
-    STW_FORCED_GC_FLAG, STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM,
-    STW_REASON_GC_SWEEP_TERM, STW_REASON_STRING_FLAG, UNSITED_CALLER,
+    MAX_STACKS, MAX_STW_KEYS, MAX_UNSITED_KEYS, RESTART_GO119, RESTART_GO121, RESTART_START_IN_RCX,
+    RESTART_START_RCX_STOPPED_RDI, STACK_FRAMES, STACK_HASH_SEED, STW_BUCKETS,
+    STW_COOKIE_CURG_SHIFT, STW_COOKIE_GM_SHIFT, STW_COOKIE_MODE_MASK, STW_FORCED_GC_FLAG,
+    STW_REASON_FROM_PENDING, STW_REASON_GC_MARK_TERM, STW_REASON_GC_SWEEP_TERM,
+    STW_REASON_STRING_FLAG, UNSITED_CALLER,
 };
 
 #[map]
@@ -603,6 +603,53 @@ pub fn stw_end(ctx: ProbeContext) -> u32 {
             }
         },
         None => count_error(errors::STW_MAP_FULL),
+    }
+    0
+}
+
+// Process discovery for `watch`: exec and exit events, so that a new Go process is
+// attached at once and an exited one dropped, without scanning /proc.
+use aya_ebpf::{macros::raw_tracepoint, maps::RingBuf, programs::RawTracePointContext};
+use detector_common::{ProcEvent, PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT};
+
+#[map]
+static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(PROC_EVENTS_BYTES, 0);
+
+/// Events the ring buffer had no room for (user space then rescans /proc).
+#[map]
+static PROC_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn proc_event(kind: u32) {
+    let (tgid, _) = tgid_tid();
+    let ev = ProcEvent {
+        tgid,
+        kind,
+        ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if PROC_EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+        if let Some(p) = PROC_EVENTS_LOST.get_ptr_mut(0) {
+            unsafe { *p += 1 };
+        }
+    }
+}
+
+// Raw tracepoints: attached by name, without tracefs (often not mounted in a
+// container).
+
+/// `sched_process_exec`: runs in the process after its new program is loaded.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
+    proc_event(PROC_EXEC);
+    0
+}
+
+/// `sched_process_exit`: every thread's exit; only the main thread's is sent.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = tgid_tid();
+    if tgid == tid {
+        proc_event(PROC_EXIT);
     }
     0
 }

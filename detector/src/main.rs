@@ -78,9 +78,14 @@ enum Command {
         /// Never executables matching this glob (repeatable).
         #[arg(long = "exclude", value_name = "GLOB")]
         exclude: Vec<String>,
-        /// How often processes are discovered and the kernel maps read.
+        /// How often the kernel maps are read (new processes are found at once, from
+        /// the kernel's exec events).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
+        /// How often all of /proc is scanned, a safety net under the exec and exit
+        /// events (also done at start and whenever events were lost).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        rescan_interval: Duration,
         /// Rules judge each process over this much of its recent past.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         window: Duration,
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
             exe,
             exclude,
             interval,
+            rescan_interval,
             window,
             max_processes,
             per_pid_series,
@@ -208,6 +214,7 @@ fn main() -> ExitCode {
                     filter,
                     thresholds,
                     interval,
+                    rescan_interval,
                     window,
                     max_processes,
                     budget: detector::probes::budget::Budget::from_percent(budget.overhead_budget),

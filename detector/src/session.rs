@@ -27,7 +27,7 @@ use crate::{
     },
     report::{Diagnosis, ProbeInfo},
     rules::{self, Thresholds},
-    target::{self, Target},
+    target::Target,
 };
 
 /// One binary's probes and what corrects their counts.
@@ -125,6 +125,8 @@ pub struct Host<K: Ord + Copy> {
     budget: Budget,
     /// How often the caller ticks (and so how often the duty cycle evaluates).
     period: Duration,
+    /// When [`Host::wait`] runs the duty cycles again at the latest.
+    next_look: Instant,
 }
 
 /// What one tick saw of every session's processes.
@@ -168,7 +170,7 @@ impl<K: Ord + Copy> HostTick<K> {
                 errors: self.errors,
                 stacks: self.stacks.clone(),
             },
-            cpu_s: target::cpu_seconds(pid),
+            cpu_s: target.cpu_seconds(),
             cpu_profile_hz: target.cpu_profile_hz(),
             on_s: b.map(|b| b.on_s.clone()).unwrap_or_default(),
         }
@@ -183,6 +185,7 @@ impl<K: Ord + Copy> Host<K> {
             next_id_base: 0,
             budget,
             period,
+            next_look: Instant::now(),
         }
     }
 
@@ -238,22 +241,41 @@ impl<K: Ord + Copy> Host<K> {
     /// Waits until `until`, running every duty cycle on the way (waking at least every
     /// `look` for the surge checks); returns early once `stop()` says so.
     pub fn wait(&mut self, until: Instant, look: Duration, stop: impl Fn() -> bool) {
+        self.wait_on(until, look, stop, std::thread::sleep)
+    }
+
+    /// [`Host::wait`], sleeping with `nap` (which may return early: `watch` sleeps on
+    /// its process events, and `stop` then says whether one came).
+    pub fn wait_on(
+        &mut self,
+        until: Instant,
+        look: Duration,
+        stop: impl Fn() -> bool,
+        mut nap: impl FnMut(Duration),
+    ) {
+        let deadline = |sessions: &BTreeMap<K, Session>| {
+            sessions
+                .values()
+                .filter_map(|s| s.duty.next_deadline_between_ticks())
+                .min()
+        };
         loop {
             let now = Instant::now();
-            for s in self.sessions.values_mut() {
-                s.between_ticks(now, &mut self.probes);
+            // A nap cut short (a process event) does not run the duty cycles early.
+            let due = deadline(&self.sessions).is_some_and(|d| d <= now);
+            if now >= self.next_look || due || now >= until {
+                for s in self.sessions.values_mut() {
+                    s.between_ticks(now, &mut self.probes);
+                }
+                self.next_look = now + look;
             }
             if now >= until || stop() {
                 return;
             }
-            let wake = self
-                .sessions
-                .values()
-                .filter_map(|s| s.duty.next_deadline_between_ticks())
-                .min()
-                .map_or(until, |d| d.min(until));
-            let nap = wake.saturating_duration_since(Instant::now());
-            std::thread::sleep(nap.min(look));
+            let wake = deadline(&self.sessions)
+                .map_or(until, |d| d.min(until))
+                .min(self.next_look);
+            nap(wake.saturating_duration_since(Instant::now()));
         }
     }
 

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use serde::{Deserialize, Serialize};
@@ -49,14 +49,23 @@ pub struct Target {
     pub cpu_profile_hz_addr: Option<u64>,
     /// File virtual address of `runtime/trace.tracing` (programs with a flight recorder).
     pub trace_multiplexer_addr: Option<u64>,
-    /// Return addresses already symbolised (`watch` summarises every process on
-    /// every tick, and most stacks share most frames).
-    frames: Mutex<HashMap<u64, Arc<[Frame]>>>,
     /// (device, inode) of the file the process ran when opened: a process that
     /// execs another program is no longer this target (its memory is not laid out
     /// as the binary says any more), though its pid lives on.
     exe_id: Option<(u64, u64)>,
+    /// Call sites already symbolised, shared by every process of the binary (`watch`
+    /// summarises every process, and processes of one binary share most stacks).
+    frames: Arc<FrameCache>,
+    /// /proc/PID/stat and /proc/PID/mem, opened at first use and kept: `watch` reads
+    /// both for every process at every tick. They stay bound to this process: one
+    /// that later reuses the pid is not read through them.
+    stat: OnceLock<Option<fs::File>>,
+    mem: OnceLock<Option<fs::File>>,
 }
+
+/// Symbolised call sites of one binary, by file address.
+#[derive(Default)]
+pub struct FrameCache(Mutex<HashMap<u64, Arc<[Frame]>>>);
 
 /// A call site's function, file and line.
 pub type CallSiteName = (String, String, u32);
@@ -74,7 +83,7 @@ pub struct Frame {
     pub module: Option<String>,
 }
 
-/// Entries kept in a target's frame cache (a bound against hostile churn).
+/// Entries kept in a binary's frame cache (a bound against hostile churn).
 const MAX_CACHED_FRAMES: usize = 16_384;
 
 impl Target {
@@ -101,6 +110,17 @@ impl Target {
 
     /// A process running an already analysed binary.
     pub fn with_binary(pid: u32, exe_display: String, binary: Arc<GoBinary>) -> Target {
+        Target::with_frames(pid, exe_display, binary, Arc::default())
+    }
+
+    /// A process running an already analysed binary, sharing the frames already
+    /// symbolised for other processes of the binary.
+    pub fn with_frames(
+        pid: u32,
+        exe_display: String,
+        binary: Arc<GoBinary>,
+        frames: Arc<FrameCache>,
+    ) -> Target {
         let exe_path = PathBuf::from(format!("/proc/{pid}/exe"));
         let load_bias = if binary.info().pie {
             load_bias(pid, &exe_path).unwrap_or(0)
@@ -116,7 +136,9 @@ impl Target {
             trace_multiplexer_addr: binary.trace_multiplexer_addr(),
             binary,
             load_bias,
-            frames: Mutex::new(HashMap::new()),
+            frames,
+            stat: OnceLock::new(),
+            mem: OnceLock::new(),
         }
     }
 
@@ -142,14 +164,15 @@ impl Target {
     /// Code outside every Go function (C, through cgo) is one foreign frame named by
     /// its address.
     pub fn frames(&self, ret: u64) -> Arc<[Frame]> {
-        let mut cache = self.frames.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = cache.get(&ret) {
-            return f.clone();
-        }
         // The return address is just past the CALL: look up the byte before it.
         let pc = self.to_file_vaddr(ret).wrapping_sub(1);
+        let mut cache = self.frames.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(&pc) {
+            return f.clone();
+        }
         let mut found = self.binary.frames_at(pc);
-        if found.is_empty() {
+        let foreign = found.is_empty();
+        if foreign {
             found.push(crate::gobin::SourceFrame {
                 function: format!("{ret:#x}"),
                 file: String::new(),
@@ -169,10 +192,13 @@ impl Target {
                 }
             })
             .collect();
-        if cache.len() >= MAX_CACHED_FRAMES {
-            cache.clear();
+        // A foreign frame is named by its runtime address: not shared.
+        if !foreign {
+            if cache.len() >= MAX_CACHED_FRAMES {
+                cache.clear();
+            }
+            cache.insert(pc, frames.clone());
         }
-        cache.insert(ret, frames.clone());
         frames
     }
 
@@ -180,7 +206,10 @@ impl Target {
     /// (through /proc/PID/mem: needs the same privileges as attaching).
     pub fn read_memory(&self, vaddr: u64, len: usize) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let f = fs::File::open(format!("/proc/{}/mem", self.pid)).ok()?;
+        let f = self
+            .mem
+            .get_or_init(|| fs::File::open(format!("/proc/{}/mem", self.pid)).ok())
+            .as_ref()?;
         let mut buf = vec![0; len];
         f.read_exact_at(&mut buf, vaddr.wrapping_add(self.load_bias))
             .ok()?;
@@ -201,6 +230,20 @@ impl Target {
         trace_multiplexer::parse(&b)
     }
 
+    /// CPU time the process has used so far (see [`cpu_seconds`]), read through a
+    /// descriptor kept open.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        use std::os::unix::fs::FileExt;
+        let f = self
+            .stat
+            .get_or_init(|| fs::File::open(format!("/proc/{}/stat", self.pid)).ok())
+            .as_ref()?;
+        // Read from offset 0 each time: procfs renders the file anew.
+        let mut buf = [0u8; 4096];
+        let n = f.read_at(&mut buf, 0).ok()?;
+        cpu_from_stat(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+
     /// True while the process exists, is not a zombie and still runs its program.
     pub fn alive(&self) -> bool {
         is_alive(self.pid) && self.runs_same_program()
@@ -214,7 +257,11 @@ impl Target {
 
 /// CPU time the process has used so far (user + system, all threads), in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_from_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime, in seconds, from the text of /proc/PID/stat.
+fn cpu_from_stat(stat: &str) -> Option<f64> {
     // After "pid (comm)": field 3 is the state, 14 utime and 15 stime (clock ticks).
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
@@ -295,5 +342,33 @@ impl From<TargetError> for Failure {
             TargetError::Analysis { source, .. } => analysis_code(source),
         };
         Failure::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Target::cpu_seconds` relies on: /proc/PID/stat read again at offset 0
+    /// through the same descriptor is rendered anew.
+    #[test]
+    fn stat_read_again_through_a_kept_descriptor_moves_on() {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(format!("/proc/{}/stat", std::process::id())).unwrap();
+        let read = || {
+            let mut buf = [0u8; 4096];
+            let n = f.read_at(&mut buf, 0).unwrap();
+            cpu_from_stat(std::str::from_utf8(&buf[..n]).unwrap()).unwrap()
+        };
+        let before = read();
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(
+            read() > before,
+            "CPU time did not move after 300 ms of work"
+        );
     }
 }

@@ -294,6 +294,11 @@ impl Probes {
         }
     }
 
+    /// The loaded object, for programs outside the probe plans (`watch::events`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     fn program(&mut self, p: Program) -> &mut UProbe {
         self.ebpf
             .program_mut(p.name())

@@ -45,11 +45,16 @@ impl Filter {
     }
 
     pub fn wants(&self, p: &Proc) -> bool {
+        self.wants_exe(p.pid, &p.exe)
+    }
+
+    /// Whether process `pid` running `exe` is to be watched.
+    pub fn wants_exe(&self, pid: u32, exe: &str) -> bool {
         // A pattern matches the full path or the file name.
         let matches = |pat: &glob::Pattern| {
-            pat.matches(&p.exe) || p.exe.rsplit('/').next().is_some_and(|n| pat.matches(n))
+            pat.matches(exe) || exe.rsplit('/').next().is_some_and(|n| pat.matches(n))
         };
-        (self.pids.is_empty() || self.pids.contains(&p.pid))
+        (self.pids.is_empty() || self.pids.contains(&pid))
             && (self.exe.is_empty() || self.exe.iter().any(matches))
             && !self.exclude.iter().any(matches)
     }
@@ -87,28 +92,36 @@ pub fn scan(skip: u32) -> Vec<Proc> {
         if pid == skip {
             continue;
         }
-        let exe_link = format!("/proc/{pid}/exe");
-        let Ok(meta) = fs::metadata(&exe_link) else {
-            continue;
-        };
-        let Ok(exe) = fs::read_link(&exe_link) else {
-            continue;
-        };
-        let Some(start_ticks) = start_ticks(pid) else {
-            continue;
-        };
-        out.push(Proc {
-            pid,
-            key: BinaryKey {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            exe: exe.display().to_string(),
-            start_ticks,
-        });
+        out.extend(proc_of(pid));
     }
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// Process `pid`, if it still runs a user-space program.
+pub fn proc_of(pid: u32) -> Option<Proc> {
+    proc_if(pid, |_, _| true)
+}
+
+/// Process `pid`, if it still runs a user-space program and `want(exe, key)` says so
+/// (asked before its start time is read).
+pub fn proc_if(pid: u32, want: impl FnOnce(&str, BinaryKey) -> bool) -> Option<Proc> {
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe = fs::read_link(&exe_link).ok()?.display().to_string();
+    let meta = fs::metadata(&exe_link).ok()?;
+    let key = BinaryKey {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    if !want(&exe, key) {
+        return None;
+    }
+    Some(Proc {
+        pid,
+        key,
+        exe,
+        start_ticks: start_ticks(pid)?,
+    })
 }
 
 /// The container a process runs in, from its cgroup path: the last 64-hex-digit

@@ -513,6 +513,8 @@ impl Collector for StateCollector {
             let l: Labels = vec![("kind", kind.to_string())];
             ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
         }
+        // Process discovery (exec/exit events, rescans, latency): see watch::events.
+        s.discovery.encode(&mut enc)?;
         if let Some((cpu, rss)) = own_usage() {
             single(
                 &mut enc,

@@ -9,6 +9,7 @@
 //! HTTP side only reads the state the loop published at its last tick.
 pub mod agent;
 pub mod discover;
+pub mod events;
 pub mod metrics;
 pub mod web;
 

@@ -1,7 +1,10 @@
 //! Row 3: `detector watch`'s own cost. N Go processes (the `service` fixture of every
 //! installed Go, one in ten with a light ReadMemStats misuse) run while the agent watches
 //! them and is scraped every second, as Prometheus would; its CPU time (/proc/PID/stat)
-//! over [`MEASURE`] and its peak RSS (VmHWM) are reported per N.
+//! over [`MEASURE`] and its peak RSS (VmHWM) are reported per N. At 1,000 the processes
+//! run [`DISTINCT_AT_1000`] distinct binaries (copies of the fixture of every Go and
+//! build kind). At 100 and 1,000, [`LAUNCHES`] more processes are then started one by
+//! one: how long after its exec each is watched is the agent's discovery latency.
 use std::{
     fmt::Write as _,
     fs,
@@ -9,6 +12,7 @@ use std::{
     net::TcpStream,
     path::PathBuf,
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -20,12 +24,19 @@ use super::{
     Guard,
 };
 
-/// Watched processes per run.
-const COUNTS: [usize; 3] = [1, 10, 100];
+/// Watched processes per run (`XTASK_BENCH_AGENT_N=100,1000` picks some).
+const COUNTS: [usize; 4] = [1, 10, 100, 1000];
+/// Distinct binaries the 1,000 processes run (below, one per installed Go).
+const DISTINCT_AT_1000: usize = 100;
+/// Processes started one by one, at 100 and 1,000, to measure discovery latency.
+const LAUNCHES: usize = 100;
+/// How long each of them runs (the next starts when it is killed).
+const LAUNCH_LIFE: Duration = Duration::from_millis(300);
 /// The measured part of each run, after discovery settled.
 const MEASURE: Duration = Duration::from_secs(30);
-/// Requests per second each service sends itself.
+/// Requests per second each service sends itself (1 at 1,000 processes).
 const SERVICE_RATE: &str = "2";
+const SERVICE_RATE_1000: &str = "1";
 /// The copies of the service fixture live here (their own inodes: the agent's
 /// uprobes on them touch nobody else's processes), and `--exe` selects them.
 const DIR: &str = "watch";
@@ -55,23 +66,100 @@ pub struct AgentRun {
     analysis_s: Option<f64>,
     /// From SIGTERM until the agent exited (it detaches every probe).
     stop: Option<Duration>,
+    /// Processes started after the measurement to time discovery.
+    launched: usize,
+    /// Of those, how long after its start each was watched (the agent's own figure,
+    /// from its debug log; its /metrics histogram counts the same), ms.
+    discovered_ms: Vec<f64>,
+}
+
+impl AgentRun {
+    /// Discovery latency percentile `q` (0..1), ms.
+    pub fn discovery_ms(&self, q: f64) -> Option<f64> {
+        let mut v = self.discovered_ms.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        Some(v[i])
+    }
 }
 
 pub fn measure(env: &Env) -> Result<Vec<AgentRun>> {
+    let counts: Vec<usize> = match std::env::var("XTASK_BENCH_AGENT_N") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .context("XTASK_BENCH_AGENT_N: numbers, comma-separated")
+            })
+            .collect::<Result<_>>()?,
+        Err(_) => COUNTS.to_vec(),
+    };
     let bins = service_copies(env)?;
     let mut out = Vec::new();
-    for n in COUNTS {
-        let r = run(env, &bins, n).with_context(|| format!("watching {n} processes"))?;
+    for n in counts {
+        let r = if n >= 1000 {
+            let many = distinct_copies(env)?;
+            run(env, &many, &glob_many(env), n)
+        } else {
+            run(env, &bins, &glob(env), n)
+        }
+        .with_context(|| format!("watching {n} processes"))?;
         eprintln!(
-            "bench: agent: {n:>3} processes: CPU {:.2} % of a core, peak RSS {:.1} MB, \
-             tick {:.1} ms (median)",
+            "bench: agent: {n:>4} processes ({} binaries): CPU {:.2} % of a core, peak RSS \
+             {:.1} MB, tick {:.1} ms (median), discovery {} / {} ms (p50 / p99 of {} of {})",
+            r.binaries,
             r.cpu_share * 100.0,
             r.hwm_kb as f64 / 1024.0,
-            median_f(r.ticks.iter().copied()) * 1e3
+            median_f(r.ticks.iter().copied()) * 1e3,
+            r.discovery_ms(0.5)
+                .map_or("–".into(), |v| format!("{v:.1}")),
+            r.discovery_ms(0.99)
+                .map_or("–".into(), |v| format!("{v:.1}")),
+            r.discovered_ms.len(),
+            r.launched,
         );
         out.push(r);
     }
     Ok(out)
+}
+
+/// [`DISTINCT_AT_1000`] copies of the service fixture, cycling over every installed
+/// Go and build kind, in target/bench/watch-1000 (each its own file: its own binary).
+fn distinct_copies(env: &Env) -> Result<Vec<PathBuf>> {
+    let dir = env.work.join(DIR_1000);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let mut sources = Vec::new();
+    for go in &env.go {
+        for kind in ["default", "stripped", "pie", "cgo"] {
+            let src = env.fixture(&go.version, kind, "service");
+            if src.is_file() {
+                sources.push(src);
+            }
+        }
+    }
+    if sources.is_empty() {
+        bail!("no service fixture: run `cargo xtask fixtures`");
+    }
+    let mut bins = Vec::new();
+    for i in 0..DISTINCT_AT_1000 {
+        let src = &sources[i % sources.len()];
+        let dst = dir.join(format!("svc-{i:03}"));
+        fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        bins.push(dst);
+    }
+    Ok(bins)
+}
+
+/// The copies for 1,000 processes live here.
+const DIR_1000: &str = "watch-1000";
+
+fn glob_many(env: &Env) -> String {
+    format!("{}/svc-*", env.work.join(DIR_1000).display())
 }
 
 /// One copy of the service fixture per installed Go, in target/bench/watch.
@@ -93,22 +181,34 @@ fn glob(env: &Env) -> String {
     format!("{}/svc-go*", env.work.join(DIR).display())
 }
 
-fn run(env: &Env, bins: &[PathBuf], n: usize) -> Result<AgentRun> {
+/// A service: `bin` serving itself light load, misusing or not.
+fn service(bin: &PathBuf, n: usize, misuse: bool) -> Result<Guard> {
+    let mut cmd = Command::new(bin);
+    let rate = if n >= 1000 {
+        // 1,000 Go processes on a small machine: one P each, and less load.
+        cmd.env("GOMAXPROCS", "1");
+        SERVICE_RATE_1000
+    } else {
+        SERVICE_RATE
+    };
+    let child = cmd
+        .args(["-addr", "127.0.0.1:0", "-rate", rate])
+        .args(["-misuse", if misuse { "readmemstats" } else { "none" }])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("could not start a service")?;
+    Ok(Guard(child))
+}
+
+fn run(env: &Env, bins: &[PathBuf], glob: &str, n: usize) -> Result<AgentRun> {
     // The services: binary i % len, every tenth (from the first) misusing.
     let mut services = Vec::with_capacity(n);
     for i in 0..n {
-        let misuse = if i % 10 == 0 { "readmemstats" } else { "none" };
-        let child = Command::new(&bins[i % bins.len()])
-            .args(["-addr", "127.0.0.1:0", "-rate", SERVICE_RATE])
-            .args(["-misuse", misuse])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("could not start a service")?;
-        services.push(Guard(child));
+        services.push(service(&bins[i % bins.len()], n, i % 10 == 0)?);
     }
-    thread::sleep(Duration::from_millis(500));
+    thread::sleep(Duration::from_millis(500 + n as u64));
     for s in &mut services {
         if let Some(st) = s.0.try_wait()? {
             bail!("a service exited at start: {st}");
@@ -117,7 +217,10 @@ fn run(env: &Env, bins: &[PathBuf], n: usize) -> Result<AgentRun> {
 
     let started = Instant::now();
     let mut child = Command::new(&env.detector)
-        .args(["watch", "--listen", "127.0.0.1:0", "--exe", &glob(env)])
+        .args(["watch", "--listen", "127.0.0.1:0", "--exe", glob])
+        .args(["--max-processes", "2000"])
+        // Its debug log times the discovery of each new process.
+        .env("RUST_LOG", "warn,detector::watch::agent=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -136,10 +239,13 @@ fn run(env: &Env, bins: &[PathBuf], n: usize) -> Result<AgentRun> {
         .context("no address in detector watch's output")?
         .to_string();
     // Keep its stderr drained from here on.
-    let drained = collect_lines(err);
+    let discovered = Arc::new(Mutex::new(Vec::new()));
+    let drained = collect_lines(err, discovered.clone());
 
-    // Discovery settles: every service watched, then two more ticks.
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // Discovery settles: every service watched, then two more ticks. (At 1,000: 100
+    // binaries to analyse and attach.)
+    let settle = Duration::from_secs(180.max(n as u64 * 3 / 5));
+    let deadline = Instant::now() + settle;
     let discovery = loop {
         let body = scrape(&addr).map(|(_, b)| b).unwrap_or_default();
         if metric(&body, "detector_processes_watched") == Some(n as f64) {
@@ -150,7 +256,7 @@ fn run(env: &Env, bins: &[PathBuf], n: usize) -> Result<AgentRun> {
         }
         if Instant::now() > deadline {
             bail!(
-                "detector watch saw {:?} of {n} processes after 180 s",
+                "detector watch saw {:?} of {n} processes after {settle:?}",
                 metric(&body, "detector_processes_watched")
             );
         }
@@ -186,6 +292,25 @@ fn run(env: &Env, bins: &[PathBuf], n: usize) -> Result<AgentRun> {
         bail!("the agent stopped watching all {n} processes during the measurement");
     }
 
+    // Discovery latency: new processes of binaries already attached (a service
+    // scaled up or restarted), one at a time, while the N run.
+    let launches = if n >= 100 { LAUNCHES } else { 0 };
+    let mut launched = Vec::with_capacity(launches);
+    for i in 0..launches {
+        let s = service(&bins[i % bins.len()], n, false)?;
+        launched.push(s.0.id());
+        thread::sleep(LAUNCH_LIFE);
+        drop(s);
+    }
+    thread::sleep(Duration::from_secs(1));
+    let discovered_ms: Vec<f64> = {
+        let seen = discovered.lock().unwrap_or_else(|e| e.into_inner());
+        launched
+            .iter()
+            .filter_map(|pid| seen.iter().find(|(p, _)| p == pid).map(|(_, ms)| *ms))
+            .collect()
+    };
+
     let asked = Instant::now();
     signal(pid, "TERM")?;
     let stop = wait_timeout(&mut agent.0, Duration::from_secs(120))?.map(|_| asked.elapsed());
@@ -212,12 +337,33 @@ fn run(env: &Env, bins: &[PathBuf], n: usize) -> Result<AgentRun> {
         analysis_s: metric(&last, "detector_binary_analysis_seconds")
             .or_else(|| metric(&last, "detector_binary_analysis_seconds_total")),
         stop,
+        launched: launched.len(),
+        discovered_ms,
     })
 }
 
-/// Drains a line channel on a thread until it closes.
-fn collect_lines(rx: std::sync::mpsc::Receiver<String>) -> thread::JoinHandle<()> {
-    thread::spawn(move || for _ in rx {})
+/// Drains a line channel on a thread until it closes, keeping the discovery
+/// latencies the agent logs ("discovered pid P X ms after its start") in `out`.
+fn collect_lines(
+    rx: std::sync::mpsc::Receiver<String>,
+    out: Arc<Mutex<Vec<(u32, f64)>>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in rx {
+            if let Some(d) = parse_discovered(&line) {
+                out.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+            }
+        }
+    })
+}
+
+/// (pid, ms) from "... discovered pid P X ms after its start".
+fn parse_discovered(line: &str) -> Option<(u32, f64)> {
+    let rest = line.split("discovered pid ").nth(1)?;
+    let mut it = rest.split_whitespace();
+    let pid = it.next()?.parse().ok()?;
+    let ms = it.next()?.parse().ok()?;
+    Some((pid, ms))
 }
 
 /// GET /metrics as Prometheus asks for it: the time it took and the body.
@@ -272,6 +418,42 @@ fn metric(body: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The targets of the 1,000-process line and of discovery latency, as table rows.
+pub fn targets(
+    md: &mut String,
+    runs: Option<&[AgentRun]>,
+    verdict: impl Fn(Option<bool>) -> &'static str,
+) -> Result<()> {
+    let at = |n: usize| runs.and_then(|a| a.iter().find(|a| a.n == n));
+    match at(1000) {
+        Some(a) => {
+            let mb = a.hwm_kb as f64 / 1024.0;
+            writeln!(
+                md,
+                "| agent ≤ 1 % of a core and ≤ 64 MB peak RSS at 1,000 processes | {:.2} % \
+                 of a core, peak RSS {mb:.1} MB | CPU {}, RSS {} |",
+                a.cpu_share * 100.0,
+                verdict(Some(a.cpu_share <= 0.01)),
+                verdict(Some(mb <= 64.0)),
+            )?;
+        }
+        None => writeln!(
+            md,
+            "| agent ≤ 1 % of a core and ≤ 64 MB peak RSS at 1,000 processes | – | not measured |"
+        )?,
+    }
+    for n in [100, 1000] {
+        let p99 = at(n).and_then(|a| a.discovery_ms(0.99));
+        writeln!(
+            md,
+            "| discovery latency p99 ≤ 200 ms at {n} processes | {} | {} |",
+            p99.map_or("–".into(), |v| format!("{v:.1} ms")),
+            verdict(p99.map(|v| v <= 200.0)),
+        )?;
+    }
+    Ok(())
+}
+
 pub fn render(md: &mut String, env: &Env, runs: &[AgentRun]) -> Result<()> {
     writeln!(md, "\n## 3. The watch agent's CPU and memory\n")?;
     writeln!(
@@ -286,7 +468,14 @@ pub fn render(md: &mut String, env: &Env, runs: &[AgentRun]) -> Result<()> {
          for {} s with Prometheus' Accept header, and its CPU time is read again. CPU: \
          that delta ÷ wall time, as % of one core. Peak RSS: VmHWM at the end (the \
          whole life of the agent: startup, analysis of each binary, attach). Baseline: \
-         the 1-process run.\n",
+         the 1-process run. At 1,000 processes: {DISTINCT_AT_1000} distinct binaries \
+         (copies of the fixture of every installed Go and build kind, in `{}/`), each \
+         process with GOMAXPROCS=1 and {SERVICE_RATE_1000} request/s. At 100 and 1,000, \
+         {LAUNCHES} more processes (of binaries already attached: a service scaled up or \
+         restarted) are then started one at a time, each killed after {} ms: new process \
+         watched is how long after its exec the agent exported it (its own figure, logged \
+         at debug level; `detector_discovery_latency_seconds` counts the same), p50 / p99 \
+         over the launches.\n",
         env.go.len(),
         short_path(&env.work.join(DIR)),
         env.go.len(),
@@ -297,14 +486,16 @@ pub fn render(md: &mut String, env: &Env, runs: &[AgentRun]) -> Result<()> {
             ""
         },
         MEASURE.as_secs(),
+        short_path(&env.work.join(DIR_1000)),
+        LAUNCH_LIFE.as_millis(),
     )?;
     writeln!(
         md,
-        "| processes | binaries | misusing | discovery | agent CPU, % of a core | × 1 process | peak RSS (VmHWM) | × 1 process | RSS at end (anon + file) | tick (median / max) | scrape (median, size) | probes | stop |"
+        "| processes | binaries | misusing | discovery | agent CPU, % of a core | × 1 process | peak RSS (VmHWM) | × 1 process | RSS at end (anon + file) | tick (median / max) | scrape (median, size) | probes | stop | new process watched (p50 / p99) |"
     )?;
     writeln!(
         md,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     let base = runs.iter().find(|r| r.n == 1);
     for r in runs {
@@ -312,7 +503,7 @@ pub fn render(md: &mut String, env: &Env, runs: &[AgentRun]) -> Result<()> {
         let x = |a: f64, b: Option<f64>| b.map_or_else(|| "–".into(), |b| super::ratio(a / b));
         writeln!(
             md,
-            "| {} | {} | {} | {:.1} s | {:.2} | {} | {:.1} MB | {} | {:.1} MB ({:.1} + {:.1}) | {:.1} ms / {:.1} ms | {:.1} ms, {} kB | {}{} | {} |",
+            "| {} | {} | {} | {:.1} s | {:.2} | {} | {:.1} MB | {} | {:.1} MB ({:.1} + {:.1}) | {:.1} ms / {:.1} ms | {:.1} ms, {} kB | {}{} | {} | {} |",
             r.n,
             r.binaries,
             r.misusing,
@@ -334,6 +525,14 @@ pub fn render(md: &mut String, env: &Env, runs: &[AgentRun]) -> Result<()> {
                 .map_or_else(String::new, |d| format!(" ({d:.0} duty-cycled)")),
             r.stop
                 .map_or_else(|| "> 120 s".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            match (r.discovery_ms(0.5), r.discovery_ms(0.99)) {
+                (Some(a), Some(b)) => format!(
+                    "{a:.1} ms / {b:.1} ms ({} of {})",
+                    r.discovered_ms.len(),
+                    r.launched
+                ),
+                _ => "–".into(),
+            },
         )?;
     }
     writeln!(
@@ -354,6 +553,30 @@ pub fn render(md: &mut String, env: &Env, runs: &[AgentRun]) -> Result<()> {
             .and_then(|r| r.analysis_s)
             .map_or_else(|| "?".into(), |s| format!("{:.2} s", s)),
     )?;
+    if let Some(r) = runs.iter().find(|r| r.n == 1000) {
+        writeln!(
+            md,
+            "\nAt 1,000 processes ({} binaries): CPU {:.2} % of a core (target ≤ 1 %), peak \
+             RSS {:.1} MB (target ≤ 64 MB).",
+            r.binaries,
+            r.cpu_share * 100.0,
+            r.hwm_kb as f64 / 1024.0,
+        )?;
+    }
+    for r in runs.iter().filter(|r| r.launched > 0) {
+        writeln!(
+            md,
+            "\nDiscovery at {} processes: p50 {}, p99 {} (target p99 ≤ 200 ms; {} of {} \
+             launches seen).",
+            r.n,
+            r.discovery_ms(0.5)
+                .map_or("–".into(), |v| format!("{v:.1} ms")),
+            r.discovery_ms(0.99)
+                .map_or("–".into(), |v| format!("{v:.1} ms")),
+            r.discovered_ms.len(),
+            r.launched,
+        )?;
+    }
     if let Some(r) = runs.iter().find(|r| r.n == 100) {
         let cpu = r.cpu_share * 100.0;
         let mb = r.hwm_kb as f64 / 1024.0;

@@ -294,6 +294,7 @@ fn targets(
             "| agent < 1 % of a core and < 50 MB RSS at 100 processes | – | not measured |"
         )?,
     }
+    agent::targets(md, agents, verdict)?;
     Ok(())
 }
 

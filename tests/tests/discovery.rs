@@ -37,7 +37,8 @@ fn start_watch(dir: &Path) -> (Kill, String) {
     use std::io::{BufRead, BufReader};
     let mut watch = Command::new(detector_bin())
         .args(["watch", "--listen", "127.0.0.1:0", "--interval", "60s"])
-        .args(["--rescan-interval", "600s", "--exe"])
+        // Per-pid series: the test looks for each process's own detector_process_info.
+        .args(["--rescan-interval", "600s", "--per-pid-series", "--exe"])
         .arg(format!("{}/*", dir.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -174,9 +174,10 @@ fn bad_threshold_override() {
     expect_error(&out, 2, "not a number");
 }
 
-/// A kernel without the uprobe PMU, simulated by hiding
-/// /sys/bus/event_source/devices in a private mount namespace (aya creates uprobes
-/// through that PMU, and this machine has no tracefs to fall back on).
+/// A kernel without uprobes, simulated by hiding /sys/bus/event_source/devices in a
+/// private mount namespace (the per-uprobe path creates uprobes through that PMU, and
+/// this machine has no tracefs to fall back on) and by forcing the per-uprobe path:
+/// such a kernel has no uprobe_multi links either, and those need no PMU.
 #[test]
 fn kernel_without_uprobe_support() {
     require_bpf_privileges();
@@ -189,6 +190,7 @@ fn kernel_without_uprobe_support() {
     );
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("DETECTOR_ATTACH_PATH", "per-uprobe")
         .output()
         .expect("run unshare (util-linux)");
     let _ = target.kill();

@@ -15,7 +15,7 @@ use std::{
     ffi::CString,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use aya::{maps::Map, Ebpf};
@@ -112,8 +112,9 @@ impl MultiPrograms {
 }
 
 /// The path `diagnose` and `watch` would take on this kernel, without loading
-/// detector's programs (for `inspect`): a two-instruction program is loaded and linked
-/// to a scratch file. None when that cannot be told (no privileges for BPF).
+/// detector's programs (for `inspect`): a two-instruction program is loaded and the
+/// kernel asked whether it would link it ([`kernel_takes_links`]). None when that cannot
+/// be told (no privileges for BPF).
 pub fn kernel_path() -> Option<AttachPath> {
     if forced_per_uprobe() {
         return Some(AttachPath::PerUprobe);
@@ -125,7 +126,7 @@ pub fn kernel_path() -> Option<AttachPath> {
     // is not checked for uprobe programs before it), and refuses the link; a refused
     // load is a lack of privileges.
     match prog_load("detector_check", &insns) {
-        Ok(prog) => Some(if kernel_links(prog.as_fd()).is_ok() {
+        Ok(prog) => Some(if kernel_takes_links(prog.as_fd()) {
             AttachPath::UprobeMulti
         } else {
             AttachPath::PerUprobe
@@ -250,6 +251,23 @@ fn kernel_links(prog: BorrowedFd<'_>) -> io::Result<()> {
     let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     // Our own pid: even a mapping would not get a breakpoint for another process.
     let link = uprobe::link_multi(prog, &path, &[0], &[0], Some(std::process::id()))?;
-    drop(link);
+    // Closing a link waits for a grace period (tens of ms): not on the attach's path.
+    std::thread::spawn(move || drop(link));
     Ok(())
+}
+
+/// Whether the kernel takes uprobe_multi links for `prog`, asked without creating one
+/// (closing a link waits for a grace period, which `inspect` would pay at its exit):
+/// a link to a file that does not exist fails with ENOENT only in a kernel that got as
+/// far as looking the path up, i.e. that has uprobe_multi links; an older kernel
+/// refuses the attach type (EINVAL), one without uprobes says EOPNOTSUPP.
+fn kernel_takes_links(prog: BorrowedFd<'_>) -> bool {
+    let path = Path::new("/nonexistent/detector-uprobe-multi-check");
+    match uprobe::link_multi(prog, path, &[0], &[0], Some(std::process::id())) {
+        Ok(link) => {
+            std::thread::spawn(move || drop(link));
+            true
+        }
+        Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+    }
 }

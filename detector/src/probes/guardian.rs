@@ -461,7 +461,7 @@ pub fn serve() -> crate::exit::Code {
     // Its process name (comm, as `top` and `pkill` see it): deliberately not matching
     // `pkill -9 detector`, which would kill it along with detector and defeat it.
     let _ = rustix::thread::set_name(c"probe-guardian");
-    raise_nofile_limit();
+    let _ = raise_nofile_limit();
     let detector = watch_parent();
     let mut held: HashMap<u64, OwnedFd> = HashMap::new();
     let mut next_id = 1u64;
@@ -484,24 +484,7 @@ pub fn serve() -> crate::exit::Code {
                     }
                     _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
                 };
-                match result {
-                    Ok(link) => {
-                        let id = next_id;
-                        next_id += 1;
-                        let mut reply = vec![msg::OPENED];
-                        reply.extend_from_slice(&id.to_le_bytes());
-                        let sent = send(socket.as_fd(), &reply, Some(link.as_fd()));
-                        held.insert(id, link);
-                        sent.is_ok()
-                    }
-                    Err(e) => {
-                        let mut reply = vec![msg::FAILED];
-                        reply.extend_from_slice(
-                            &e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes(),
-                        );
-                        send(socket.as_fd(), &reply, None).is_ok()
-                    }
-                }
+                answer_open(socket.as_fd(), &mut held, &mut next_id, result)
             }
             Some(&msg::CLOSE_MANY) if (n - 1) % 8 == 0 => {
                 let fds: Vec<OwnedFd> = req[1..]
@@ -516,24 +499,8 @@ pub fn serve() -> crate::exit::Code {
                 let offset = u64_at(req, 5).unwrap_or_default();
                 let path = Path::new(std::ffi::OsStr::from_bytes(&req[13..]));
                 let pid = (pid >= 0).then_some(pid as u32);
-                match uprobe::open(path, offset, pid) {
-                    Ok(event) => {
-                        let id = next_id;
-                        next_id += 1;
-                        let mut reply = vec![msg::OPENED];
-                        reply.extend_from_slice(&id.to_le_bytes());
-                        let sent = send(socket.as_fd(), &reply, Some(event.as_fd()));
-                        held.insert(id, event);
-                        sent.is_ok()
-                    }
-                    Err(e) => {
-                        let mut reply = vec![msg::FAILED];
-                        reply.extend_from_slice(
-                            &e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes(),
-                        );
-                        send(socket.as_fd(), &reply, None).is_ok()
-                    }
-                }
+                let result = uprobe::open(path, offset, pid);
+                answer_open(socket.as_fd(), &mut held, &mut next_id, result)
             }
             Some(&msg::BYE) => {
                 bye = true;
@@ -585,6 +552,33 @@ fn parse_open_multi(req: &[u8]) -> Option<(Option<u32>, Vec<u64>, Vec<u64>, &Pat
 
 /// Closes `fds` on several threads at once: each last close of a uprobe (or link)
 /// waits for the kernel's grace periods, and waits that overlap end together.
+/// Answers an OPEN or OPEN_MULTI: on success the new descriptor (a perf event or a
+/// link) is held under the next id and a copy sent with OPENED; else FAILED with the
+/// errno. False when detector could not be told.
+fn answer_open(
+    socket: BorrowedFd<'_>,
+    held: &mut HashMap<u64, OwnedFd>,
+    next_id: &mut u64,
+    result: io::Result<OwnedFd>,
+) -> bool {
+    match result {
+        Ok(fd) => {
+            let id = *next_id;
+            *next_id += 1;
+            let mut reply = vec![msg::OPENED];
+            reply.extend_from_slice(&id.to_le_bytes());
+            let sent = send(socket, &reply, Some(fd.as_fd()));
+            held.insert(id, fd);
+            sent.is_ok()
+        }
+        Err(e) => {
+            let mut reply = vec![msg::FAILED];
+            reply.extend_from_slice(&e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
+            send(socket, &reply, None).is_ok()
+        }
+    }
+}
+
 fn close_side_by_side(fds: Vec<OwnedFd>) {
     if fds.len() <= 1 {
         drop(fds);
@@ -629,17 +623,23 @@ fn wait_exit(pidfd: BorrowedFd<'_>, limit: Duration) {
     unsafe { libc::poll(fds.as_mut_ptr(), 1, limit.as_millis() as libc::c_int) };
 }
 
-/// The guardian holds a descriptor per live probe: allow as many as the hard limit.
-fn raise_nofile_limit() {
+/// Raises the soft limit on open files to the hard one. The guardian holds a
+/// descriptor per live probe; `watch` keeps two per watched process. False when the
+/// limit could not be read or set.
+pub fn raise_nofile_limit() -> bool {
     let mut rlim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) == 0 && rlim.rlim_cur < rlim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) != 0 {
+            return false;
+        }
+        if rlim.rlim_cur < rlim.rlim_max {
             rlim.rlim_cur = rlim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+            return libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) == 0;
         }
     }
+    true
 }

@@ -195,7 +195,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(cfg: Config, mut probes: Probes, shared: Arc<Mutex<Exported>>) -> Agent {
-        raise_open_files();
+        // Each watched process keeps two descriptors open (its /proc stat and mem,
+        // read every tick): the soft limit (often 1,024) goes up to the hard one.
+        if !crate::probes::guardian::raise_nofile_limit() {
+            log::debug!("cannot raise the open files limit");
+        }
         let events = match Events::start(&mut probes) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -649,24 +653,6 @@ impl Agent {
     }
 }
 
-/// Each watched process keeps two descriptors open (its /proc stat and mem, read every
-/// tick): the soft limit on open files (often 1,024) goes up to the hard one.
-fn raise_open_files() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to fill, then to set.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                log::debug!("cannot raise the open files limit");
-            }
-        }
-    }
-}
-
 /// Watched binaries no process in `running` runs.
 fn gone_binaries(
     binaries: &HashMap<BinaryKey, Binary>,
@@ -705,30 +691,19 @@ fn export(w: &Watched, session: &Session, binary: &GoBinary) -> ProcExport {
     // Cumulative counters (monotonic while the process lives) for /metrics.
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
     let mut pauses: BTreeMap<String, StwStats> = BTreeMap::new();
-    let Some(latest) = w.ticks.back().map(|t| &t.snap) else {
-        let (findings, diagnosis) = w.judged.clone().expect("judged before export");
-        return ProcExport {
-            pid: w.target.pid,
-            exe: w.target.exe_display.clone(),
-            go_version: binary.info().go_version_string.clone(),
-            container_id: w.container_id.clone(),
-            calls,
-            pauses,
-            findings,
-            diagnosis,
-        };
-    };
-    for (k, v) in &latest.calls {
-        if let Some(p) = session.plan.call_probes.get(k.probe as usize) {
-            *calls.entry(p.api.id().to_string()).or_default() += v;
+    if let Some(latest) = w.ticks.back().map(|t| &t.snap) {
+        for (k, v) in &latest.calls {
+            if let Some(p) = session.plan.call_probes.get(k.probe as usize) {
+                *calls.entry(p.api.id().to_string()).or_default() += v;
+            }
         }
-    }
-    for (k, s) in &latest.stw {
-        let reason = collect::reason_of(&w.target, k.reason);
-        pauses
-            .entry(slug(&reason.name))
-            .or_insert(StwStats::ZERO)
-            .merge(s);
+        for (k, s) in &latest.stw {
+            let reason = collect::reason_of(&w.target, k.reason);
+            pauses
+                .entry(slug(&reason.name))
+                .or_insert(StwStats::ZERO)
+                .merge(s);
+        }
     }
     let (findings, diagnosis) = w.judged.clone().expect("judged before export");
     ProcExport {

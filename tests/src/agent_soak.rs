@@ -25,11 +25,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     breakpoints::{check_after_kill, kernel_uprobe_leaks, probe_sites, wait_no_breakpoints},
-    detector_bin,
-    oddball::{scrape, sum},
-    program_ids_of,
+    detector_bin, program_ids_of, scrape,
     soak::{fixed_body, signal, Service, SIGKILL, SIGTERM},
-    start_watch, version_dir, wait_programs_freed,
+    start_watch, sum, version_dir, wait_programs_freed,
 };
 
 /// What the agent holds at one moment.

@@ -241,6 +241,41 @@ pub fn start_watch_env(
     (watch, addr)
 }
 
+/// Polls `ok` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < timeout, "{what}: not after {timeout:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A `/metrics` scrape of `detector watch` at `addr` (status 200, parsed).
+pub fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    let (status, body) = crate::http::get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
+}
+
+/// The sum of `metric`'s samples whose labels include every (name, value) of `labels`.
+pub fn sum(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref h) => {
+                h.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => 0.0,
+        })
+        .sum()
+}
+
 /// Every sample name `detector watch`'s exporter can produce (counters with `_total`,
 /// histograms with their series), from its text exposition.
 pub fn exported_names() -> std::collections::BTreeSet<String> {

@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::soak::{signal, SIGTERM};
+use crate::{
+    scrape,
+    soak::{signal, SIGTERM},
+    sum, wait_until,
+};
 
 pub const SIGUSR1: i32 = 10;
 pub const SIGSTOP: i32 = 19;
@@ -207,40 +211,6 @@ fn descendant_running(pid: u32, exe: &Path) -> u32 {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < timeout, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A `/metrics` scrape of the agent at `addr`.
-pub fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let (status, body) = crate::http::get(addr, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
-}
-
-/// The sum of `metric`'s samples whose labels include every (name, value) of `labels`.
-pub fn sum(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(ref h) => {
-                h.iter().map(|b| b.count).fold(0.0, f64::max)
-            }
-            _ => 0.0,
-        })
-        .sum()
 }
 
 /// Waits until the agent at `addr` watches process `pid`.

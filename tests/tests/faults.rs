@@ -21,7 +21,7 @@ use std::{
 
 use detector_tests::{
     breakpoints::{any_breakpoint, probe_sites, wait_no_breakpoints},
-    detector_bin, http, program_ids_of, require_bpf_privileges,
+    detector_bin, http, program_ids_of, require_bpf_privileges, scrape,
     soak::{collect, signal, Guard, Service, SIGKILL, SIGTERM},
     version_dir, wait_programs_freed,
 };
@@ -335,12 +335,6 @@ fn start_watch(exe: &Path, stdout: Stdio, stderr: Stdio) -> (Guard, String) {
         matches!(http::get(&addr, "/healthz"), Ok((200, _)))
     });
     (watch, addr)
-}
-
-fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let (status, body) = http::get(addr, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
 }
 
 fn watched_pids(addr: &str) -> BTreeSet<u32> {

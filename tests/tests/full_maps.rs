@@ -6,48 +6,14 @@
 use std::{
     process::{Command, Stdio},
     sync::atomic::Ordering,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use detector_tests::{
-    detector_bin, http, require_bpf_privileges,
+    detector_bin, http, require_bpf_privileges, scrape,
     soak::{signal, Guard, Service, SIGTERM},
-    start_watch_env, version_dir,
+    start_watch_env, sum, version_dir, wait_until,
 };
-
-fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let (status, body) = http::get(addr, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
-}
-
-fn value(s: &prometheus_parse::Sample) -> f64 {
-    match s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        _ => 0.0,
-    }
-}
-
-/// Sum of `metric`'s samples whose labels include every (name, value) of `labels`.
-fn sum(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(value)
-        .sum()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < timeout, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Two services under `watch` with a one-entry call map: the first fills it, so every
 /// call of the second goes without its call site. The second's exported total must

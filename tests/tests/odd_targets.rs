@@ -17,12 +17,12 @@ use detector_tests::{
     breakpoints::{probe_sites, wait_no_breakpoints},
     detector_bin,
     oddball::{
-        burst_counted_exactly, glob, private_copy, scrape, sum, wait_exit, wait_until,
-        wait_watched, Oddball, SIGCONT, SIGSTOP,
+        burst_counted_exactly, glob, private_copy, wait_exit, wait_watched, Oddball, SIGCONT,
+        SIGSTOP,
     },
-    require_bpf_privileges,
+    require_bpf_privileges, scrape,
     soak::{signal, Guard, SIGTERM},
-    start_watch, version_dir,
+    start_watch, sum, version_dir, wait_until,
 };
 
 fn fixture(minor: u32, kind: &str) -> std::path::PathBuf {
